@@ -1,0 +1,73 @@
+"""Domain errors shared by the server and the clients. One class per gRPC status; one place maps them.
+
+Import-light on purpose (no grpc import): the in-process client raises the same classes the remote one does.
+"""
+from __future__ import annotations
+
+
+class SimdexError(Exception):
+    """Base of every error simdex raises on purpose. `code` is the gRPC status name it travels as."""
+
+    code = "UNKNOWN"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(SimdexError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(SimdexError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(SimdexError):
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(SimdexError):
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(SimdexError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(SimdexError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(SimdexError):
+    code = "PERMISSION_DENIED"
+
+
+class Unavailable(SimdexError):
+    code = "UNAVAILABLE"
+
+
+class DeadlineExceeded(SimdexError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class Internal(SimdexError):
+    code = "INTERNAL"
+
+
+BY_CODE: dict[str, type[SimdexError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted,
+        Unauthenticated, PermissionDenied, Unavailable, DeadlineExceeded, Internal,
+    )
+}
+
+
+def from_code(code: str, message: str) -> SimdexError:
+    """The error class for a gRPC status name (unknown names give the base class)."""
+    cls = BY_CODE.get(code, SimdexError)
+    err = cls(message)
+    if cls is SimdexError:
+        err.code = code
+    return err

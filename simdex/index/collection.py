@@ -1,0 +1,201 @@
+"""A collection: the durable rows in the Store plus the derived AnnIndex, kept in step.
+
+Writes are serialized per collection: commit to the database first (then the write is acknowledged
+durable), then apply to the in-memory index. The index is snapshotted to a file with the sequence number
+it covers and, at start, restored and caught up from the database (or rebuilt from it).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simdex.index import filters
+from simdex.index.ann import AnnIndex, Params
+from simdex.index.backend import SMALL_BATCH, faiss
+from simdex.index.batcher import SearchBatcher
+from simdex.index.store import CollectionInfo, Store, WriteResult
+from simdex.metrics import BIGGER_IS_BETTER
+
+LOG = logging.getLogger(__name__)
+EXACT_SUBSET = 4096       # filters matching at most this many items are answered exactly from stored vectors
+TRAIN_SAMPLE = 100_000    # vectors sampled to train a kind that needs training
+
+
+@dataclass
+class Hits:
+    """One query's answer: external ids best first, their scores, and optional metadata."""
+    ids: list[str]
+    distances: np.ndarray          # (len(ids),) float32
+    iids: np.ndarray               # (len(ids),) int64 internal ids
+    next_offset: int | None = None
+
+
+class Collection:
+    def __init__(self, info: CollectionInfo, store: Store, snapshot_dir: Path):
+        self.info, self.store = info, store
+        self.path = snapshot_dir / f"{info.id}.npz"
+        self.ann = AnnIndex(info.dim, info.metric, info.index)
+        self.seq = info.seq
+        self.snap_seq = -1
+        self.write_lock = threading.Lock()
+        self.batcher = SearchBatcher(self._knn_unfiltered, name=f"search-{info.name}")
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    # ---- start-up ----------------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Restore the snapshot and catch up from the database, or rebuild from the database."""
+        with self.write_lock:
+            live_iids, live_ext = self.store.live(self.info.id)
+            if self.path.exists():
+                try:
+                    with np.load(self.path, allow_pickle=False) as arrays:
+                        snap_seq = int(arrays["seq"])
+                        missing = self.ann.restore(arrays, live_iids, live_ext)
+                    ext_of = dict(zip(live_iids.tolist(), live_ext))
+                    if len(missing):
+                        x = self.store.vectors(self.info.id, self.info.dim, missing)
+                        self.ann.add(missing, [ext_of[i] for i in missing.tolist()], x)
+                    LOG.info("collection %s: snapshot at seq %d caught up to %d (+%d items)",
+                             self.name, snap_seq, self.seq, len(missing))
+                    self.snap_seq = snap_seq if snap_seq == self.seq and not len(missing) else -1
+                    self._maintain()
+                    return
+                except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                    LOG.warning("collection %s: snapshot unusable (%s); rebuilding from the database", self.name, exc)
+            self._rebuild(live_iids, live_ext)
+
+    def _rebuild(self, live_iids: np.ndarray | None = None, live_ext: list[str] | None = None) -> None:
+        """Build a fresh index from every stored vector (training it when the kind needs it and can)."""
+        if live_iids is None:
+            live_iids, live_ext = self.store.live(self.info.id)
+        sample = None
+        probe = AnnIndex(self.info.dim, self.info.metric, self.info.index)
+        if not probe.trained and len(live_iids) >= probe.min_train:
+            rng = np.random.default_rng(self.info.id)
+            pick = np.sort(rng.choice(live_iids, size=min(len(live_iids), TRAIN_SAMPLE), replace=False))
+            sample = self.store.vectors(self.info.id, self.info.dim, pick)
+            LOG.info("collection %s: training %s on %d vectors", self.name, self.info.index, len(pick))
+        new = self.ann.fresh(sample) if (sample is not None or self.ann.trained) else probe
+        ext_of = dict(zip(live_iids.tolist(), live_ext))
+        for iids, x in self.store.iter_vectors(self.info.id, self.info.dim):
+            new.add(iids, [ext_of[i] for i in iids.tolist()], x)
+        self.ann = new
+        self.snap_seq = -1
+
+    def _maintain(self) -> None:
+        if self.ann.ready_to_train() or self.ann.needs_compaction():
+            self._rebuild()
+
+    # ---- writes (called with validated input) ------------------------------------------------------------
+    def upsert(self, ids: list[str], xb: np.ndarray, metadata: list[dict], hashes: list[str]) -> WriteResult:
+        with self.write_lock:
+            res = self.store.upsert(self.info.id, ids, xb, metadata, hashes)
+            self.ann.remove(res.removed_iids)
+            self.ann.add(res.added_iids, list(ids), xb)
+            self.seq = res.seq
+            self._maintain()
+        return res
+
+    def delete(self, ids: list[str], ignore_missing: bool) -> WriteResult:
+        with self.write_lock:
+            res = self.store.delete(self.info.id, ids, ignore_missing)
+            self.ann.remove(res.removed_iids)
+            self.seq = res.seq
+            self._maintain()
+        return res
+
+    # ---- search ------------------------------------------------------------------------------------------
+    def _knn_unfiltered(self, xq, k, params):
+        return self.ann.knn(xq, k, params)
+
+    def _hits(self, ann: AnnIndex, D: np.ndarray, P: np.ndarray) -> list[Hits]:
+        out = []
+        for d, p in zip(D, P):
+            ok = p >= 0
+            p = p[ok]
+            out.append(Hits(ann.ext_ids(p.tolist()), d[ok], ann.iids_at(p)))
+        return out
+
+    def _exact(self, ann: AnnIndex, xq: np.ndarray, iids: np.ndarray, k: int | None, radius: float | None):
+        """Exact answer over the items `iids` from their stored vectors."""
+        pos = ann.positions(iids)  # only what the index already holds, so ids and index agree
+        iids = ann.iids_at(pos)
+        xb = self.store.vectors(self.info.id, self.info.dim, iids)
+        bigger = BIGGER_IS_BETTER[self.info.metric]
+        if self.info.metric == "cosine":
+            xb = xb.copy()
+            faiss.normalize_L2(xb)
+            xq = xq.copy()
+            faiss.normalize_L2(xq)
+        if not len(xb):
+            S = np.zeros((len(xq), 0), dtype=np.float32)
+        elif self.info.metric == "l2":
+            S = faiss.pairwise_distances(xq, xb)  # squared L2, as FAISS reports it
+        else:
+            S = xq @ xb.T
+        out = []
+        for s in S.astype(np.float32):
+            order = np.argsort(-s if bigger else s, kind="stable")
+            if radius is not None:
+                order = order[(s[order] > radius) if bigger else (s[order] < radius)]
+            else:
+                order = order[:k]
+            out.append(Hits(ann.ext_ids(pos[order].tolist()), s[order], iids[order]))
+        return out
+
+    def search(self, xq: np.ndarray, k: int, params: Params, spec: filters.Filter,
+               radius: float | None = None) -> list[Hits]:
+        """k-NN (or range when radius is given) for (nq, d) float32 queries, restricted to the filter."""
+        ann = self.ann
+        allowed = None
+        if spec:
+            match = self.store.filter_iids(self.info.id, spec)
+            if len(match) <= EXACT_SUBSET:
+                return self._exact(ann, xq, match, k, radius)
+            allowed = ann.mask_of(match)
+        if radius is not None:
+            return [Hits(ann.ext_ids(p.tolist()), d, ann.iids_at(p)) for d, p in ann.range(xq, radius, params, allowed)]
+        if allowed is None and len(xq) < SMALL_BATCH:
+            D, P = self.batcher.search(xq, k, params)
+        else:
+            D, P = ann.knn(xq, k, params, allowed)
+        hits = self._hits(ann, D, P)
+        if allowed is not None:
+            want = min(k, int(allowed.sum()))
+            if any(len(h.ids) < want for h in hits):  # a graph kind ran out of reachable matches
+                return self._exact(ann, xq, match, k, None)
+        return hits
+
+    # ---- persistence -------------------------------------------------------------------------------------
+    def save_snapshot(self) -> bool:
+        """Write the index to its file (atomically) if it changed since the last snapshot."""
+        with self.write_lock:
+            if self.snap_seq == self.seq:
+                return False
+            arrays, seq = self.ann.snapshot(), self.seq
+        tmp = self.path.with_suffix(".tmp.npz")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, seq=np.array(seq), **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self.snap_seq = seq
+        return True
+
+    def close(self, remove_snapshot: bool = False) -> None:
+        self.batcher.close()
+        if remove_snapshot:
+            self.path.unlink(missing_ok=True)

@@ -1,0 +1,16 @@
+"""Alembic environment: run with the connection simdex.index.store.migrate() hands over."""
+from alembic import context
+
+from simdex.index.store import Base
+
+config = context.config
+connection = config.attributes.get("connection")
+if connection is None:  # `alembic` CLI use: build an engine from the configured URL
+    from simdex.index.store import make_engine
+
+    engine = make_engine(config.get_main_option("sqlalchemy.url"))
+    connection = engine.connect()
+
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

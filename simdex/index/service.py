@@ -1,0 +1,253 @@
+"""The domain API of a simdex server: every RPC is one call here. Servicers and Client.local() call it.
+
+Inputs are validated here (one gate per entry), errors are simdex.errors classes, nothing partial is written.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simdex.errors import FailedPrecondition, InvalidArgument, NotFound
+from simdex.index import filters
+from simdex.index.ann import Params, make_faiss_index
+from simdex.index.collection import Collection, Hits
+from simdex.index.store import CollectionInfo, Store, canonical_json, check_metadata, content_hash, make_engine, migrate
+from simdex.wire import as_matrix
+
+LOG = logging.getLogger(__name__)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+MAX_ID_LEN = 512
+MAX_K = 10_000
+DEFAULT_PAGE = 1000
+METRICS = ("l2", "ip", "cosine")
+
+
+@dataclass(frozen=True)
+class CollectionStatus:
+    name: str
+    dim: int
+    metric: str
+    index: str
+    count: int
+    trained: bool
+    seq: int
+    created_unix_ms: int
+    embedder: str = ""
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidArgument(
+            f"collection name {name!r} is invalid: 1-128 characters of letters, digits, '_', '-', '.', "
+            "starting with a letter or digit")
+    return name
+
+
+def check_ids(ids, what: str = "ids", unique: bool = True) -> list[str]:
+    ids = list(ids)
+    if not ids:
+        raise InvalidArgument(f"{what}: empty batch; give at least one id")
+    for i, v in enumerate(ids):
+        if not isinstance(v, str) or not v:
+            raise InvalidArgument(f"{what}[{i}]: ids must be non-empty strings, got {v!r}")
+        if len(v) > MAX_ID_LEN:
+            raise InvalidArgument(f"{what}[{i}]: id longer than {MAX_ID_LEN} characters")
+    if unique and len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(v for v in ids if v in seen or seen.add(v))
+        raise InvalidArgument(f"{what}: id {dup!r} appears more than once in one request")
+    return ids
+
+
+def encode_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+def decode_token(token: str) -> int:
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError
+        return offset
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument("page_token is not one this server issued") from None
+
+
+class Simdex:
+    """All collections of one data directory / database."""
+
+    def __init__(self, data_dir: str | Path, db_url: str | None = None, snapshot_interval: float = 30.0):
+        self.data_dir = Path(data_dir)
+        (self.data_dir / "indexes").mkdir(parents=True, exist_ok=True)
+        url = db_url or f"sqlite:///{(self.data_dir / 'simdex.db').resolve()}"
+        self.engine = make_engine(url)
+        migrate(self.engine)
+        self.store = Store(self.engine)
+        self._lock = threading.Lock()
+        self._cols: dict[str, Collection] = {}
+        for info in self.store.list_collections():
+            self._cols[info.name] = self._open(info)
+        self._stop = threading.Event()
+        self._snapshotter = None
+        if snapshot_interval > 0:
+            self._snapshotter = threading.Thread(target=self._snapshot_loop, args=(snapshot_interval,),
+                                                 name="snapshotter", daemon=True)
+            self._snapshotter.start()
+
+    def _open(self, info: CollectionInfo) -> Collection:
+        col = Collection(info, self.store, self.data_dir / "indexes")
+        col.open()
+        return col
+
+    def _col(self, name: str) -> Collection:
+        check_name(name)
+        col = self._cols.get(name)
+        if col is None:
+            raise NotFound(f"collection {name!r} not found")
+        return col
+
+    def _status(self, col: Collection) -> CollectionStatus:
+        i = col.info
+        return CollectionStatus(i.name, i.dim, i.metric, i.index, col.ann.n_live, col.ann.trained, col.seq,
+                                i.created_unix_ms, i.embedder)
+
+    # ---- collections -------------------------------------------------------------------------------------
+    def create_collection(self, name: str, dim: int, metric: str = "l2", index: str = "Flat",
+                          embedder: str = "") -> CollectionStatus:
+        check_name(name)
+        metric = metric or "l2"
+        index = index or "Flat"
+        if metric not in METRICS:
+            raise InvalidArgument(f"metric {metric!r} is not one of {list(METRICS)}")
+        if embedder:
+            raise FailedPrecondition(f"embedder {embedder!r}: embedder-backed collections are not available yet")
+        if not isinstance(dim, int) or dim <= 0:
+            raise InvalidArgument(f"dim must be a positive integer, got {dim!r}")
+        make_faiss_index(dim, metric, index)  # validates dim, metric and description
+        with self._lock:
+            info = self.store.create_collection(name, dim, metric, index)
+            col = self._open(info)
+            self._cols[name] = col
+        return self._status(col)
+
+    def get_collection(self, name: str) -> CollectionStatus:
+        return self._status(self._col(name))
+
+    def list_collections(self) -> list[CollectionStatus]:
+        return [self._status(c) for c in sorted(self._cols.values(), key=lambda c: c.name)]
+
+    def delete_collection(self, name: str) -> None:
+        with self._lock:
+            col = self._col(name)
+            with col.write_lock:
+                self.store.delete_collection(name)
+                del self._cols[name]
+            col.close(remove_snapshot=True)
+
+    # ---- items -------------------------------------------------------------------------------------------
+    def upsert(self, name: str, ids, vectors, metadata=(), hashes=()) -> tuple[int, int]:
+        """Store (n, d) float32 `vectors` under `ids` in one transaction. Returns (n, seq)."""
+        col = self._col(name)
+        ids = check_ids(ids)
+        xb = as_matrix(vectors, "vectors", col.info.dim)
+        if len(xb) != len(ids):
+            raise InvalidArgument(f"vectors: {len(xb)} rows for {len(ids)} ids")
+        metas = [m if isinstance(m, dict) else None for m in metadata]
+        if metadata and any(m is None for m in metas):
+            metas = check_metadata(list(metadata), len(ids))
+        elif not metadata:
+            metas = [{} for _ in ids]
+        elif len(metas) != len(ids):
+            raise InvalidArgument(f"metadata: got {len(metas)} entries for {len(ids)} ids")
+        hashes = list(hashes)
+        if hashes and len(hashes) != len(ids):
+            raise InvalidArgument(f"content_hashes: got {len(hashes)} for {len(ids)} ids")
+        texts = [canonical_json(m) for m in metas]
+        if not hashes:
+            hashes = [content_hash(xb[i].tobytes(), texts[i]) for i in range(len(ids))]
+        res = col.upsert(ids, xb, metas, hashes)
+        return len(ids), res.seq
+
+    def delete(self, name: str, ids, ignore_missing: bool = False) -> tuple[int, int]:
+        col = self._col(name)
+        res = col.delete(check_ids(ids), ignore_missing)
+        return len(res.removed_iids), res.seq
+
+    def get(self, name: str, ids, with_vectors: bool = True):
+        col = self._col(name)
+        return self.store.get(col.info.id, col.info.dim, check_ids(ids, unique=False), with_vectors)
+
+    def count(self, name: str, filter=None) -> int:  # noqa: A002
+        col = self._col(name)
+        spec = filters.parse(filter)
+        return col.ann.n_live if not spec else self.store.count(col.info.id, spec)
+
+    def search(self, name: str, queries, k: int = 10, *, radius: float | None = None, filter=None,  # noqa: A002
+               params: Params = Params(), page_size: int = 0, page_token: str = "",
+               include_metadata: bool = False) -> tuple[list[Hits], list[list[dict]] | None]:
+        """k-NN or range search. Returns (one Hits per query, metadata per hit when asked)."""
+        col = self._col(name)
+        xq = as_matrix(queries, "queries", col.info.dim)
+        spec = filters.parse(filter)
+        for key, v in (("nprobe", params.nprobe), ("efSearch", params.ef_search), ("k_factor", params.k_factor)):
+            if not isinstance(v, int) or v < 0 or v > 1_000_000:
+                raise InvalidArgument(f"params.{key} must be an integer in 0..1000000, got {v!r}")
+        if radius is None:
+            if not isinstance(k, int) or not 1 <= k <= MAX_K:
+                raise InvalidArgument(f"k must be in 1..{MAX_K}, got {k!r}")
+            if page_token:
+                raise InvalidArgument("page_token is only for range (radius) searches")
+            hits = col.search(xq, k, params, spec)
+        else:
+            if not np.isfinite(radius):
+                raise InvalidArgument(f"radius must be finite, got {radius!r}")
+            size = page_size or DEFAULT_PAGE
+            if not 1 <= size <= 100_000:
+                raise InvalidArgument(f"page_size must be in 1..100000, got {page_size}")
+            offset = 0
+            if page_token:
+                if len(xq) != 1:
+                    raise InvalidArgument("page_token continues a single query: send exactly that query")
+                offset = decode_token(page_token)
+            hits = col.search(xq, 0, params, spec, radius=float(radius))
+            for h in hits:
+                end = offset + size
+                h.next_offset = end if end < len(h.ids) else None
+                h.ids, h.distances, h.iids = h.ids[offset:end], h.distances[offset:end], h.iids[offset:end]
+        metas = None
+        if include_metadata:
+            all_iids = np.concatenate([h.iids for h in hits]) if hits else np.zeros(0, np.int64)
+            by_iid = self.store.metadata(col.info.id, np.unique(all_iids).tolist())
+            metas = [[by_iid.get(int(i), {}) for i in h.iids] for h in hits]
+        return hits, metas
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+    def snapshot(self) -> int:
+        """Snapshot every collection that changed. Returns how many files were written."""
+        written = 0
+        for col in list(self._cols.values()):
+            try:
+                written += col.save_snapshot()
+            except OSError as exc:
+                LOG.warning("snapshot of %s failed: %s", col.name, exc)
+        return written
+
+    def _snapshot_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.snapshot()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._snapshotter:
+            self._snapshotter.join(timeout=10)
+        self.snapshot()
+        for col in self._cols.values():
+            col.close()
+        self.engine.dispose()

@@ -1,0 +1,56 @@
+"""Vectors on the wire: packed little-endian float32 bytes plus a shape. Used by server and clients alike."""
+from __future__ import annotations
+
+import numpy as np
+
+from simdex.errors import InvalidArgument
+
+F32 = np.dtype("<f4")
+
+
+def as_matrix(x, name: str = "vectors", dim: int | None = None, allow_empty: bool = False) -> np.ndarray:
+    """The one input gate: `x` as a C-contiguous (n, d) float32 array with finite values, or InvalidArgument."""
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as exc:  # ragged lists
+        raise InvalidArgument(f"{name}: not a numeric matrix ({exc})") from None
+    if arr.ndim == 1 and arr.size and dim is not None and arr.shape[0] == dim:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise InvalidArgument(f"{name}: expected a 2-d (n, d) array, got shape {tuple(arr.shape)}")
+    if arr.dtype.kind not in "fiub":
+        raise InvalidArgument(f"{name}: expected numbers, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.shape[0] == 0 and not allow_empty:
+        raise InvalidArgument(f"{name}: empty batch (0 rows)")
+    if dim is not None and arr.shape[1] != dim:
+        raise InvalidArgument(f"{name}: dimension {arr.shape[1]} does not match the collection's dim {dim}")
+    if arr.size and not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr))[0][0])
+        raise InvalidArgument(f"{name}: row {bad} holds NaN or infinity; vectors must be finite")
+    return arr
+
+
+def pack(x: np.ndarray):
+    """(n, d) float32 -> (bytes, [n, d])."""
+    arr = np.ascontiguousarray(x, dtype=F32)
+    return arr.tobytes(), list(arr.shape)
+
+
+def unpack(data: bytes, shape, name: str = "vectors") -> np.ndarray:
+    """Packed bytes + shape -> (n, d) float32 (read-only view). InvalidArgument when they disagree."""
+    shape = [int(s) for s in shape]
+    if len(shape) != 2:
+        raise InvalidArgument(f"{name}: shape must be [n, d], got {shape}")
+    n, d = shape
+    if n * d * 4 != len(data):
+        raise InvalidArgument(
+            f"{name}: shape {shape} needs {n * d * 4} bytes of float32, got {len(data)} bytes"
+        )
+    return np.frombuffer(data, dtype=F32).reshape(n, d)
+
+
+def unpack_floats(data: bytes) -> np.ndarray:
+    if len(data) % 4:
+        raise InvalidArgument(f"float32 array of {len(data)} bytes is not a multiple of 4")
+    return np.frombuffer(data, dtype=F32)
