@@ -1,0 +1,30 @@
+"""The simdex client SDK: `Client("host:port")` over gRPC, or `Client.local(path)` in-process.
+
+Needs only grpcio, protobuf and numpy (the in-process mode needs the server extra).
+"""
+from __future__ import annotations
+
+from simdex.clients.remote import RemoteClient
+from simdex.clients.types import CollectionInfo, Item, SearchResult
+from simdex.errors import (
+    AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound, PermissionDenied,
+    ResourceExhausted, SimdexError, Unauthenticated, Unavailable,
+)
+
+
+class Client(RemoteClient):
+    """A connection to a simdex server. Also a context manager."""
+
+    @staticmethod
+    def local(path: str, db_url: str | None = None, snapshot_interval: float = 30.0):
+        """An in-process simdex over data directory `path`, with the same methods as a remote Client."""
+        from simdex.clients.local import LocalClient  # noqa: PLC0415
+
+        return LocalClient(path, db_url, snapshot_interval)
+
+
+__all__ = [
+    "Client", "CollectionInfo", "Item", "SearchResult", "SimdexError", "AlreadyExists", "DeadlineExceeded",
+    "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted",
+    "Unauthenticated", "Unavailable",
+]

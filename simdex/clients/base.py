@@ -1,0 +1,211 @@
+"""The client interface, with its remote (gRPC) and in-process transports below it.
+
+The base class owns argument checking, message splitting and paging; a transport implements the
+underscored primitives, each one server call.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from simdex.errors import InvalidArgument, ResourceExhausted
+from simdex.clients.types import CollectionInfo, Item, SearchResult
+from simdex.metrics import worst
+from simdex.wire import as_matrix
+
+DEFAULT_MAX_MESSAGE_MB = 64
+PER_ROW_OVERHEAD = 64  # bytes of framing per item in a message, on top of vector, id and metadata
+
+
+def _json_texts(metadata: Sequence[Any] | None, n: int) -> list[str]:
+    if metadata is None:
+        return []
+    metadata = list(metadata)
+    if len(metadata) != n:
+        raise InvalidArgument(f"metadata: got {len(metadata)} entries for {n} ids")
+    out = []
+    for i, m in enumerate(metadata):
+        if isinstance(m, str):
+            out.append(m)
+        elif isinstance(m, dict):
+            try:
+                out.append(json.dumps(m, ensure_ascii=False, allow_nan=False))
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgument(f"metadata[{i}]: not JSON-serialisable ({exc})") from None
+        else:
+            raise InvalidArgument(f"metadata[{i}]: expected a dict, got {type(m).__name__}")
+    return out
+
+
+def _filter_text(filter: dict | str | None) -> str:  # noqa: A002
+    if filter is None:
+        return ""
+    return filter if isinstance(filter, str) else json.dumps(filter)
+
+
+class ClientBase:
+    """`Client(...)` talks gRPC; `Client.local(path)` runs a server in-process. Same methods, same errors."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_MB * 1024 * 1024
+    _infos: dict
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self._infos = {}
+        return self
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+    def close(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def _budget(self) -> int:
+        return int(self.max_message_bytes * 0.75)
+
+    # ---- collections -------------------------------------------------------------------------------------
+    def create_collection(self, name: str, dim: int, metric: str = "l2", index: str = "Flat",
+                          embedder: str = "") -> CollectionInfo:
+        info = self._create(name, int(dim), metric, index, embedder)
+        self._infos[name] = info
+        return info
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        info = self._get_collection(name)
+        self._infos[name] = info
+        return info
+
+    def _cached(self, name: str) -> CollectionInfo:
+        """dim and metric never change for a name while it lives: fetched once, not per search."""
+        info = self._infos.get(name)
+        return info if info is not None else self.get_collection(name)
+
+    def list_collections(self) -> list[CollectionInfo]:
+        return self._list()
+
+    def delete_collection(self, name: str) -> None:
+        self._infos.pop(name, None)
+        self._drop(name)
+
+    # ---- items -------------------------------------------------------------------------------------------
+    def upsert(self, collection: str, ids: Sequence[str], vectors, metadata: Sequence[dict] | None = None,
+               content_hashes: Sequence[str] | None = None) -> int:
+        """Insert or replace items, all in one transaction. vectors: (n, d) float32. Returns the count."""
+        ids = list(ids)
+        x = as_matrix(vectors, "vectors")
+        if len(x) != len(ids):
+            raise InvalidArgument(f"vectors: {len(x)} rows for {len(ids)} ids")
+        metas = _json_texts(metadata, len(ids))
+        hashes = list(content_hashes or [])
+        row = x.shape[1] * 4 + PER_ROW_OVERHEAD + (max(map(len, ids)) if ids else 0)
+        row += max(map(len, metas)) if metas else 0
+        per_msg = max(1, self._budget // row)
+        chunks = [
+            (ids[i:i + per_msg], x[i:i + per_msg], metas[i:i + per_msg], hashes[i:i + per_msg])
+            for i in range(0, len(ids), per_msg)
+        ] or [(ids, x, metas, hashes)]
+        return self._upsert(collection, chunks)
+
+    def delete(self, collection: str, ids: Sequence[str], ignore_missing: bool = False) -> int:
+        """Delete items by id, all or nothing. Returns how many were deleted."""
+        return self._delete(collection, list(ids), ignore_missing)
+
+    def get(self, collection: str, ids: Sequence[str], with_vectors: bool = True) -> list[Item]:
+        ids = list(ids)
+        if not ids:
+            raise InvalidArgument("ids: empty batch; give at least one id")
+        per = max(1, self._budget // (PER_ROW_OVERHEAD + 4096 + 4 * self._dim(collection)))
+        out: list[Item] = []
+        for i in range(0, len(ids), per):
+            out.extend(self._shrinking(lambda part: self._get(collection, part, with_vectors), ids[i:i + per]))
+        return out
+
+    def count(self, collection: str, filter: dict | str | None = None) -> int:  # noqa: A002
+        return self._count(collection, _filter_text(filter))
+
+    def search(self, collection: str, queries, k: int = 10, *, radius: float | None = None,
+               filter: dict | str | None = None, params: dict | None = None,  # noqa: A002
+               include_metadata: bool = False, page_size: int = 0) -> SearchResult:
+        """Nearest neighbours of each row of (nq, d) float32 `queries`.
+
+        k-NN by default; with `radius`, every hit within it (l2: squared distance < radius; ip/cosine:
+        similarity > radius), fetched page by page. `filter` restricts hits by metadata
+        ({"modality": "CT"}, {"age": {"$gte": 40}}, {"site": {"$in": [...]}}, {"f": {"$ne": x}}).
+        `params`: {"nprobe": int, "efSearch": int, "k_factor": int} for IVF / HNSW / RFlat kinds.
+        """
+        info = self._cached(collection)
+        xq = np.asarray(queries)
+        xq = as_matrix(xq[None, :] if xq.ndim == 1 else xq, "queries")  # the server checks the dimension
+        p = dict(params or {})
+        unknown = set(p) - {"nprobe", "efSearch", "ef_search", "k_factor"}
+        if unknown:
+            raise InvalidArgument(f"params: unknown keys {sorted(unknown)} (nprobe, efSearch, k_factor)")
+        sp = (int(p.get("nprobe", 0)), int(p.get("efSearch", p.get("ef_search", 0))), int(p.get("k_factor", 0)))
+        ftext = _filter_text(filter)
+        if radius is not None:
+            return self._range(collection, xq, float(radius), ftext, sp, include_metadata, page_size)
+        per = max(1, min(self._budget // (4 * xq.shape[1] + PER_ROW_OVERHEAD),
+                         self._budget // max(1, k * (PER_ROW_OVERHEAD + (4096 if include_metadata else 0)))))
+        ids: list[list[str]] = []
+        metas: list[list[dict]] = []
+        D = np.full((len(xq), k), worst(info.metric), dtype=np.float32)
+        row = 0
+        for i in range(0, len(xq), per):
+            part = self._shrinking(
+                lambda q: self._search(collection, q, k, None, ftext, sp, include_metadata, 0, ""), xq[i:i + per])
+            for hit_ids, dist, meta, _ in part:
+                ids.append(hit_ids)
+                D[row, : len(dist)] = dist
+                metas.append(meta)
+                row += 1
+        return SearchResult(ids, D, metas if include_metadata else None)
+
+    def _range(self, collection, xq, radius, ftext, sp, include_metadata, page_size) -> SearchResult:
+        ids, dists, metas = [], [], []
+        for q in xq:
+            token, qi, qd, qm = "", [], [], []
+            while True:
+                (hit_ids, dist, meta, token), = self._search(
+                    collection, q[None], 0, radius, ftext, sp, include_metadata, page_size, token)
+                qi.extend(hit_ids)
+                qd.append(dist)
+                qm.extend(meta)
+                if not token:
+                    break
+            ids.append(qi)
+            dists.append(np.concatenate(qd).astype(np.float32))
+            metas.append(qm)
+        return SearchResult(ids, dists, metas if include_metadata else None)
+
+    def _shrinking(self, call, rows) -> list:
+        """Call with `rows`; when the answer is over the message limit, halve and retry."""
+        try:
+            return list(call(rows))
+        except ResourceExhausted:
+            if len(rows) == 1:
+                raise
+            half = len(rows) // 2
+            return self._shrinking(call, rows[:half]) + self._shrinking(call, rows[half:])
+
+    def _dim(self, collection: str) -> int:
+        return self._cached(collection).dim
+
+    # ---- transport primitives ----------------------------------------------------------------------------
+    def _create(self, name, dim, metric, index, embedder) -> CollectionInfo: raise NotImplementedError
+    def _get_collection(self, name) -> CollectionInfo: raise NotImplementedError
+    def _list(self) -> list[CollectionInfo]: raise NotImplementedError
+    def _drop(self, name) -> None: raise NotImplementedError
+    def _upsert(self, name, chunks: Iterable) -> int: raise NotImplementedError
+    def _delete(self, name, ids, ignore_missing) -> int: raise NotImplementedError
+    def _get(self, name, ids, with_vectors) -> list[Item]: raise NotImplementedError
+    def _count(self, name, filter_text) -> int: raise NotImplementedError
+    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token) -> list:
+        """-> one (ids, (m,) float32 distances, metadata list, next_page_token) per query."""
+        raise NotImplementedError

@@ -1,0 +1,207 @@
+"""`simdex` command line: serve, collections, upsert, search, get, count."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+UPLOAD_CHUNK = 4096  # rows per upsert call: each call is one acknowledged transaction
+
+
+def _client(args):
+    from simdex.clients import Client  # noqa: PLC0415
+
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    root = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    return Client(args.target, token=token, tls=bool(root), root_certificates=root,
+                  max_message_mb=args.max_message_mb)
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm import tqdm  # noqa: PLC0415
+    except ImportError:  # the light client install has no tqdm
+        return None
+    return tqdm(total=total, desc=desc, unit="vec", file=sys.stderr, disable=None)
+
+
+def cmd_serve(args) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss/torch load: no busy-waiting threads
+    from simdex.server.app import Tls, serve  # noqa: PLC0415
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    tls = Tls.from_files(args.tls_cert, args.tls_key) if args.tls_cert else None
+    serve(args.data, args.host, args.port, args.db, args.token_file, tls, args.max_message_mb,
+          args.snapshot_interval)
+    return 0
+
+
+def cmd_collections(args) -> int:
+    with _client(args) as c:
+        if args.action == "create":
+            info = c.create_collection(args.name, args.dim, args.metric, args.index)
+            print(json.dumps(info.__dict__))
+        elif args.action == "list":
+            for info in c.list_collections():
+                print(json.dumps(info.__dict__))
+        elif args.action == "get":
+            print(json.dumps(c.get_collection(args.name).__dict__))
+        else:
+            c.delete_collection(args.name)
+            print(json.dumps({"deleted": args.name}))
+    return 0
+
+
+def _read_lines(path: str | None) -> list[str] | None:
+    if not path:
+        return None
+    return Path(path).read_text().splitlines()
+
+
+def cmd_upsert(args) -> int:
+    import numpy as np  # noqa: PLC0415
+
+    x = np.load(args.vectors, mmap_mode="r", allow_pickle=False)
+    n = len(x)
+    ids = _read_lines(args.ids) or [str(i) for i in range(n)]
+    metas = _read_lines(args.metadata)
+    if len(ids) != n or (metas is not None and len(metas) != n):
+        raise SystemExit(f"{n} vectors, {len(ids)} ids, {len(metas) if metas else 0} metadata lines: must match")
+    bar = _progress(n, f"upsert {args.collection}")
+    done = 0
+    with _client(args) as c:
+        for i in range(0, n, args.chunk):
+            part_meta = [json.loads(m) for m in metas[i:i + args.chunk]] if metas else None
+            done += c.upsert(args.collection, ids[i:i + args.chunk], np.asarray(x[i:i + args.chunk]), part_meta)
+            if bar:
+                bar.update(min(args.chunk, n - i))
+    if bar:
+        bar.close()
+    print(json.dumps({"upserted": done}))
+    return 0
+
+
+def cmd_search(args) -> int:
+    import numpy as np  # noqa: PLC0415
+
+    xq = np.load(args.queries, allow_pickle=False)
+    flt = json.loads(args.filter) if args.filter else None
+    params = json.loads(args.params) if args.params else None
+    with _client(args) as c:
+        r = c.search(args.collection, xq, args.k, radius=args.radius, filter=flt, params=params,
+                     include_metadata=args.metadata)
+    for i, ids in enumerate(r.ids):
+        d = r.distances[i][: len(ids)]
+        row = {"query": i, "ids": ids, "distances": [float(v) for v in d]}
+        if r.metadata is not None:
+            row["metadata"] = r.metadata[i]
+        print(json.dumps(row))
+    return 0
+
+
+def cmd_get(args) -> int:
+    with _client(args) as c:
+        for it in c.get(args.collection, args.ids, with_vectors=not args.no_vectors):
+            row = {"id": it.id, "metadata": it.metadata}
+            if it.vector is not None:
+                row["vector"] = [float(v) for v in it.vector]
+            print(json.dumps(row))
+    return 0
+
+
+def cmd_count(args) -> int:
+    with _client(args) as c:
+        print(c.count(args.collection, json.loads(args.filter) if args.filter else None))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="simdex", description="simdex similarity-search service")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def client_args(sp):
+        sp.add_argument("--target", default=os.environ.get("SIMDEX_TARGET", "127.0.0.1:50051"))
+        sp.add_argument("--token-file")
+        sp.add_argument("--tls-ca", help="PEM root certificate: connect with TLS")
+        sp.add_argument("--max-message-mb", type=float, default=64)
+
+    s = sub.add_parser("serve", help="run the gRPC server")
+    s.add_argument("--data", default="./simdex-data", help="data directory (SQLite database and index snapshots)")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in --data)")
+    s.add_argument("--token-file", help="require 'authorization: Bearer <token>' with the token in this file")
+    s.add_argument("--tls-cert")
+    s.add_argument("--tls-key")
+    s.add_argument("--max-message-mb", type=float, default=64)
+    s.add_argument("--snapshot-interval", type=float, default=30.0, help="seconds between index snapshots")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("collections", help="create, list, get or delete collections")
+    s.add_argument("action", choices=["create", "list", "get", "delete"])
+    s.add_argument("name", nargs="?")
+    s.add_argument("--dim", type=int)
+    s.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"])
+    s.add_argument("--index", default="Flat", help="FAISS factory description (Flat, HNSW32, IVF1024,Flat ...)")
+    client_args(s)
+    s.set_defaults(func=cmd_collections)
+
+    s = sub.add_parser("upsert", help="upload vectors from a .npy file")
+    s.add_argument("collection")
+    s.add_argument("vectors", help=".npy file of shape (n, d)")
+    s.add_argument("--ids", help="text file, one id per line (default: row numbers)")
+    s.add_argument("--metadata", help="JSON lines file, one object per row")
+    s.add_argument("--chunk", type=int, default=UPLOAD_CHUNK, help="rows per transaction")
+    client_args(s)
+    s.set_defaults(func=cmd_upsert)
+
+    s = sub.add_parser("search", help="nearest neighbours of the rows of a .npy file (JSON lines out)")
+    s.add_argument("collection")
+    s.add_argument("queries", help=".npy file of shape (nq, d)")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--radius", type=float)
+    s.add_argument("--filter", help='JSON, e.g. \'{"modality": "CT"}\'')
+    s.add_argument("--params", help='JSON, e.g. \'{"nprobe": 32}\'')
+    s.add_argument("--metadata", action="store_true", help="include each hit's metadata")
+    client_args(s)
+    s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("get", help="items by id (JSON lines out)")
+    s.add_argument("collection")
+    s.add_argument("ids", nargs="+")
+    s.add_argument("--no-vectors", action="store_true")
+    client_args(s)
+    s.set_defaults(func=cmd_get)
+
+    s = sub.add_parser("count", help="number of items (matching --filter)")
+    s.add_argument("collection")
+    s.add_argument("--filter")
+    client_args(s)
+    s.set_defaults(func=cmd_count)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "collections" and args.action != "list" and not args.name:
+        raise SystemExit("collections create|get|delete need a NAME")
+    if args.command == "collections" and args.action == "create" and not args.dim:
+        raise SystemExit("collections create needs --dim")
+    from simdex.errors import SimdexError  # noqa: PLC0415
+
+    try:
+        return args.func(args)
+    except SimdexError as exc:
+        print(f"simdex: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

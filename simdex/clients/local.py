@@ -1,0 +1,60 @@
+"""The in-process transport: the same interface over a Simdex service in this process (needs the server extra)."""
+from __future__ import annotations
+
+from simdex.clients.base import ClientBase
+from simdex.clients.types import CollectionInfo, Item
+
+
+def _info(s) -> CollectionInfo:
+    return CollectionInfo(s.name, s.dim, s.metric, s.index, s.count, s.trained, s.seq, s.created_unix_ms, s.embedder)
+
+
+class LocalClient(ClientBase):
+    def __init__(self, path: str, db_url: str | None = None, snapshot_interval: float = 30.0):
+        from simdex.index.service import Simdex  # noqa: PLC0415 - keep the client import light
+
+        self.service = Simdex(path, db_url, snapshot_interval=snapshot_interval)
+
+    def close(self) -> None:
+        self.service.close()
+
+    def _create(self, name, dim, metric, index, embedder):
+        return _info(self.service.create_collection(name, dim, metric, index, embedder))
+
+    def _get_collection(self, name):
+        return _info(self.service.get_collection(name))
+
+    def _list(self):
+        return [_info(s) for s in self.service.list_collections()]
+
+    def _drop(self, name):
+        self.service.delete_collection(name)
+
+    def _upsert(self, name, chunks):
+        import numpy as np  # noqa: PLC0415
+
+        chunks = list(chunks)
+        ids = [i for c in chunks for i in c[0]]
+        x = np.concatenate([c[1] for c in chunks])
+        metas = [m for c in chunks for m in c[2]]
+        hashes = [h for c in chunks for h in c[3]]
+        return self.service.upsert(name, ids, x, metas, hashes)[0]
+
+    def _delete(self, name, ids, ignore_missing):
+        return self.service.delete(name, ids, ignore_missing)[0]
+
+    def _get(self, name, ids, with_vectors):
+        return [Item(r.id, r.vector, r.metadata, r.content_hash) for r in self.service.get(name, ids, with_vectors)]
+
+    def _count(self, name, filter_text):
+        return self.service.count(name, filter_text)
+
+    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token):
+        from simdex.index.ann import Params  # noqa: PLC0415
+        from simdex.index.service import encode_token  # noqa: PLC0415
+
+        hits, metas = self.service.search(name, xq, k, radius=radius, filter=filter_text, params=Params(*params),
+                                          page_size=page_size, page_token=token, include_metadata=include_metadata)
+        return [(h.ids, h.distances, metas[i] if metas else [],
+                 encode_token(h.next_offset) if h.next_offset is not None else "")
+                for i, h in enumerate(hits)]

@@ -1,0 +1,96 @@
+"""The gRPC transport of the client."""
+from __future__ import annotations
+
+import json
+
+import grpc
+import numpy as np
+
+from simdex.clients.base import DEFAULT_MAX_MESSAGE_MB, ClientBase
+from simdex.clients.types import CollectionInfo, Item
+from simdex.errors import from_code
+from simdex.proto import simdex_pb2 as pb
+from simdex.proto import simdex_pb2_grpc as pb_grpc
+from simdex.wire import pack, unpack, unpack_floats
+
+
+def _info(c: pb.Collection) -> CollectionInfo:
+    return CollectionInfo(c.name, c.dim, c.metric, c.index, c.count, c.trained, c.seq, c.created_unix_ms, c.embedder)
+
+
+def _matrix(x: np.ndarray) -> pb.Matrix:
+    data, shape = pack(x)
+    return pb.Matrix(data=data, shape=shape)
+
+
+class RemoteClient(ClientBase):
+    def __init__(self, target: str = "127.0.0.1:50051", token: str | None = None, *, tls: bool = False,
+                 root_certificates: bytes | None = None, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
+                 timeout: float | None = None):
+        self.target = target
+        self.max_message_bytes = int(max_message_mb * 1024 * 1024)
+        self.timeout = timeout
+        options = [("grpc.max_receive_message_length", self.max_message_bytes),
+                   ("grpc.max_send_message_length", -1)]  # the server decides what is too large
+        if tls or root_certificates:
+            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            if token:
+                creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+            self.channel = grpc.secure_channel(target, creds, options=options)
+            self._md = None
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+            self._md = (("authorization", f"Bearer {token}"),) if token else None
+        self.stub = pb_grpc.SimdexStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout, metadata=self._md)
+        except grpc.RpcError as exc:
+            raise from_code(exc.code().name, exc.details() or str(exc.code())) from None
+
+    def _create(self, name, dim, metric, index, embedder):
+        return _info(self._call(self.stub.CreateCollection, pb.CreateCollectionRequest(
+            name=name, dim=dim, metric=metric, index=index, embedder=embedder)))
+
+    def _get_collection(self, name):
+        return _info(self._call(self.stub.GetCollection, pb.GetCollectionRequest(name=name)))
+
+    def _list(self):
+        return [_info(c) for c in self._call(self.stub.ListCollections, pb.ListCollectionsRequest()).collections]
+
+    def _drop(self, name):
+        self._call(self.stub.DeleteCollection, pb.DeleteCollectionRequest(name=name))
+
+    def _upsert(self, name, chunks):
+        messages = (
+            pb.UpsertRequest(collection=name, ids=ids, vectors=_matrix(x), metadata=metas, content_hashes=hashes)
+            for ids, x, metas, hashes in chunks
+        )
+        return self._call(self.stub.Upsert, messages).upserted
+
+    def _delete(self, name, ids, ignore_missing):
+        return self._call(self.stub.Delete, pb.DeleteRequest(collection=name, ids=ids,
+                                                             ignore_missing=ignore_missing)).deleted
+
+    def _get(self, name, ids, with_vectors):
+        r = self._call(self.stub.Get, pb.GetRequest(collection=name, ids=ids, omit_vectors=not with_vectors))
+        X = unpack(r.vectors.data, r.vectors.shape) if with_vectors else [None] * len(r.ids)
+        return [Item(i, None if v is None else v.copy(), json.loads(m), h)
+                for i, v, m, h in zip(r.ids, X, r.metadata, r.content_hashes)]
+
+    def _count(self, name, filter_text):
+        return self._call(self.stub.Count, pb.CountRequest(collection=name, filter=filter_text)).count
+
+    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token):
+        req = pb.SearchRequest(collection=name, queries=_matrix(xq), k=k, filter=filter_text,
+                               params=pb.SearchParams(nprobe=params[0], ef_search=params[1], k_factor=params[2]),
+                               include_metadata=include_metadata, page_size=page_size, page_token=token)
+        if radius is not None:
+            req.radius = radius
+        r = self._call(self.stub.Search, req)
+        return [(list(h.ids), unpack_floats(h.distances), [json.loads(m) for m in h.metadata], h.next_page_token)
+                for h in r.results]

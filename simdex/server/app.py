@@ -1,0 +1,92 @@
+"""create_server() and the `simdex serve` main loop (graceful stop on SIGTERM/SIGINT)."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from simdex.index.service import Simdex
+from simdex.proto import simdex_pb2 as pb
+from simdex.proto import simdex_pb2_grpc as pb_grpc
+from simdex.server.auth import TokenAuth
+from simdex.server.servicer import SimdexServicer
+
+LOG = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Simdex"].full_name
+DEFAULT_MAX_MESSAGE_MB = 64
+
+
+@dataclass
+class Tls:
+    cert: bytes
+    key: bytes
+
+    @classmethod
+    def from_files(cls, cert: str | Path, key: str | Path) -> "Tls":
+        return cls(Path(cert).read_bytes(), Path(key).read_bytes())
+
+
+def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str | None = None,
+                  tls: Tls | None = None, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
+                  workers: int = 16):
+    """A started-ready (not started) gRPC server for `service`. Returns (server, bound port, health servicer)."""
+    max_bytes = int(max_message_mb * 1024 * 1024)
+    options = [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    interceptors = [TokenAuth(token)] if token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+                         options=options, interceptors=interceptors)
+    pb_grpc.add_SimdexServicer_to_server(SimdexServicer(service, max_bytes), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    if tls:
+        creds = grpc.ssl_server_credentials([(tls.key, tls.cert)])
+        port = server.add_secure_port(address, creds)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    return server, port, health_servicer
+
+
+def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str | None = None,
+          token_file: str | None = None, tls: Tls | None = None,
+          max_message_mb: float = DEFAULT_MAX_MESSAGE_MB, snapshot_interval: float = 30.0) -> None:
+    token = Path(token_file).read_text().strip() if token_file else None
+    if token_file and not token:
+        raise SystemExit(f"token file {token_file} is empty")
+    service = Simdex(data_dir, db_url, snapshot_interval=snapshot_interval)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    server, bound, health_servicer = create_server(service, address, token=token, tls=tls,
+                                                   max_message_mb=max_message_mb)
+    server.start()
+    LOG.info("simdex serving on %s:%d (data %s, db %s)", host, bound, data_dir,
+             service.engine.url.render_as_string(hide_password=True))
+    print(f"simdex listening on {host}:{bound}", flush=True)
+    done = threading.Event()
+
+    def _stop(signum, _frame):
+        LOG.info("signal %d: stopping", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    done.wait()
+    health_servicer.enter_graceful_shutdown()
+    server.stop(grace=10).wait()
+    service.close()
+    LOG.info("simdex stopped")

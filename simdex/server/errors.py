@@ -1,0 +1,27 @@
+"""The one place domain errors become gRPC statuses."""
+from __future__ import annotations
+
+import functools
+import logging
+
+import grpc
+
+from simdex.errors import SimdexError
+
+LOG = logging.getLogger(__name__)
+
+
+def grpc_errors(method):
+    """Decorate a servicer method: SimdexError -> its status; anything else -> INTERNAL, logged."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except SimdexError as exc:
+            context.abort(grpc.StatusCode[exc.code], exc.message)
+        except Exception:  # noqa: BLE001 - the server must keep serving; the log has the stack
+            LOG.exception("internal error in %s", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the server log")
+
+    return wrapper

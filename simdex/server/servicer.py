@@ -1,0 +1,134 @@
+"""Thin translators: proto request -> Simdex call -> proto response."""
+from __future__ import annotations
+
+import json
+
+import grpc
+import numpy as np
+
+from simdex.errors import InvalidArgument, ResourceExhausted
+from simdex.index.ann import Params
+from simdex.index.service import Simdex, encode_token
+from simdex.proto import simdex_pb2 as pb
+from simdex.proto import simdex_pb2_grpc as pb_grpc
+from simdex.server.errors import grpc_errors
+from simdex.wire import pack, unpack
+
+
+def collection_pb(s) -> pb.Collection:
+    return pb.Collection(name=s.name, dim=s.dim, metric=s.metric, index=s.index, count=s.count,
+                         trained=s.trained, seq=s.seq, created_unix_ms=s.created_unix_ms, embedder=s.embedder)
+
+
+def matrix_pb(x: np.ndarray) -> pb.Matrix:
+    data, shape = pack(x)
+    return pb.Matrix(data=data, shape=shape)
+
+
+class SimdexServicer(pb_grpc.SimdexServicer):
+    def __init__(self, service: Simdex, max_message_bytes: int):
+        self.service = service
+        self.max_bytes = max_message_bytes
+
+    def _fits(self, response, what: str):
+        size = response.ByteSize()
+        if size > self.max_bytes:
+            raise ResourceExhausted(
+                f"{what} response would be {size} bytes, over the server's message limit of {self.max_bytes} "
+                "bytes; ask for fewer items per call (the Python client splits requests for you)")
+        return response
+
+    @grpc_errors
+    def CreateCollection(self, request, context):
+        return collection_pb(self.service.create_collection(
+            request.name, request.dim, request.metric, request.index, request.embedder))
+
+    @grpc_errors
+    def GetCollection(self, request, context):
+        return collection_pb(self.service.get_collection(request.name))
+
+    @grpc_errors
+    def ListCollections(self, request, context):
+        return pb.ListCollectionsResponse(collections=[collection_pb(s) for s in self.service.list_collections()])
+
+    @grpc_errors
+    def DeleteCollection(self, request, context):
+        self.service.delete_collection(request.name)
+        return pb.DeleteCollectionResponse()
+
+    @grpc_errors
+    def Upsert(self, request_iterator, context):
+        name, ids, blocks, metas, hashes = None, [], [], [], []
+        for i, msg in enumerate(request_iterator):
+            if name is None:
+                name = msg.collection
+            elif msg.collection != name:
+                raise InvalidArgument(f"upsert message {i} names collection {msg.collection!r}, the stream began "
+                                      f"with {name!r}; one stream writes one collection")
+            if msg.metadata and len(msg.metadata) != len(msg.ids):
+                raise InvalidArgument(f"upsert message {i}: {len(msg.metadata)} metadata for {len(msg.ids)} ids")
+            if msg.content_hashes and len(msg.content_hashes) != len(msg.ids):
+                raise InvalidArgument(f"upsert message {i}: {len(msg.content_hashes)} content_hashes for "
+                                      f"{len(msg.ids)} ids")
+            x = unpack(msg.vectors.data, msg.vectors.shape, f"upsert message {i} vectors")
+            if len(x) != len(msg.ids):
+                raise InvalidArgument(f"upsert message {i}: {len(x)} vectors for {len(msg.ids)} ids")
+            ids.extend(msg.ids)
+            blocks.append(x)
+            metas.extend(msg.metadata or [""] * len(msg.ids))
+            hashes.extend(msg.content_hashes or [""] * len(msg.ids))
+        if name is None or not ids:
+            raise InvalidArgument("upsert stream carried no items")
+        if any(not h for h in hashes):
+            hashes = [] if not any(hashes) else hashes
+            if hashes:
+                raise InvalidArgument("content_hashes: give one for every item or for none")
+        dims = {b.shape[1] for b in blocks}
+        if len(dims) > 1:
+            raise InvalidArgument(f"upsert stream mixes vector dimensions {sorted(dims)}")
+        n, seq = self.service.upsert(name, ids, np.concatenate(blocks), metas, hashes)
+        return pb.UpsertResponse(upserted=n, seq=seq)
+
+    @grpc_errors
+    def Delete(self, request, context):
+        n, seq = self.service.delete(request.collection, request.ids, request.ignore_missing)
+        return pb.DeleteResponse(deleted=n, seq=seq)
+
+    @grpc_errors
+    def Get(self, request, context):
+        items = self.service.get(request.collection, request.ids, with_vectors=not request.omit_vectors)
+        resp = pb.GetResponse(
+            ids=[it.id for it in items],
+            metadata=[json.dumps(it.metadata, ensure_ascii=False) for it in items],
+            content_hashes=[it.content_hash for it in items],
+        )
+        if not request.omit_vectors:
+            resp.vectors.CopyFrom(matrix_pb(np.stack([it.vector for it in items])))
+        return self._fits(resp, "Get")
+
+    @grpc_errors
+    def Count(self, request, context):
+        return pb.CountResponse(count=self.service.count(request.collection, request.filter))
+
+    @grpc_errors
+    def Search(self, request, context):
+        xq = unpack(request.queries.data, request.queries.shape, "queries")
+        p = request.params
+        hits, metas = self.service.search(
+            request.collection, xq, request.k,
+            radius=request.radius if request.HasField("radius") else None,
+            filter=request.filter,
+            params=Params(p.nprobe, p.ef_search, p.k_factor),
+            page_size=request.page_size, page_token=request.page_token,
+            include_metadata=request.include_metadata,
+        )
+        resp = pb.SearchResponse()
+        for i, h in enumerate(hits):
+            qh = resp.results.add()
+            qh.ids.extend(h.ids)
+            qh.distances = np.ascontiguousarray(h.distances, dtype="<f4").tobytes()
+            if metas is not None:
+                qh.metadata.extend(json.dumps(m, ensure_ascii=False) for m in metas[i])
+            if h.next_offset is not None:
+                qh.next_page_token = encode_token(h.next_offset)
+        return self._fits(resp, "Search")
