@@ -1,0 +1,30 @@
+# Every target sets itself up on a fresh machine: it creates .venv and installs what it needs.
+PY ?= python3
+FAISS ?= cpu          # or gpu (faiss-gpu); never both
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(strip $(FAISS))
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: serve test proto bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[server,$(strip $(FAISS)),dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+serve: $(STAMP)
+	$(BIN)/simdex serve --data ./simdex-data --host 127.0.0.1 --port 50051
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/search.py
+
+clean:
+	rm -rf $(VENV) simdex-data .pytest_cache

@@ -1,0 +1,134 @@
+"""Shared fixtures: databases (SQLite always, PostgreSQL when SIMDEX_TEST_PG is set), in-process servers on
+port 0, and clients of both transports for congruence tests."""
+from __future__ import annotations
+
+import os
+import uuid
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+PG_URL = os.environ.get("SIMDEX_TEST_PG", "")
+
+
+def _pg_schema_url(base: str):
+    """A fresh schema in the PostgreSQL test database, so runs never see each other's tables."""
+    import sqlalchemy as sa
+
+    schema = f"simdex_test_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}", engine, schema
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """None (SQLite in the data directory) or a URL to a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield None
+        return
+    if not PG_URL:
+        pytest.skip("SIMDEX_TEST_PG is not set")
+    import sqlalchemy as sa
+
+    url, engine, schema = _pg_schema_url(PG_URL)
+    yield url
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture
+def service(tmp_path, db_url):
+    from simdex.index.service import Simdex
+
+    s = Simdex(tmp_path / "data", db_url, snapshot_interval=0)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_service(tmp_path):
+    from simdex.index.service import Simdex
+
+    s = Simdex(tmp_path / "data", None, snapshot_interval=0)
+    yield s
+    s.close()
+
+
+class InProcessServer:
+    def __init__(self, data_dir, **kwargs):
+        from simdex.index.service import Simdex
+        from simdex.server.app import create_server
+
+        self.service = Simdex(data_dir, kwargs.pop("db_url", None), snapshot_interval=0)
+        self.server, self.port, _ = create_server(self.service, "127.0.0.1:0", **kwargs)
+        self.server.start()
+        self.target = f"127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.stop(grace=None).wait()
+        self.service.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = InProcessServer(tmp_path / "srv")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def remote(server):
+    from simdex.clients import Client
+
+    with Client(server.target) as c:
+        yield c
+
+
+@pytest.fixture(params=["remote", "local"])
+def client(request, tmp_path):
+    """The same tests against Client (gRPC) and Client.local (in-process)."""
+    from simdex.clients import Client
+
+    if request.param == "local":
+        c = Client.local(str(tmp_path / "local"), snapshot_interval=0)
+        yield c
+        c.close()
+        return
+    srv = InProcessServer(tmp_path / "srv")
+    with Client(srv.target) as c:
+        yield c
+    srv.stop()
+
+
+def clustered(n: int, d: int, n_clusters: int = 50, seed: int = 0, spread: float = 0.15) -> np.ndarray:
+    """(n, d) float32 Gaussian-mixture data: the kind of structure real embeddings have."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, d)).astype(np.float32)
+    labels = rng.integers(0, n_clusters, n)
+    return (centres[labels] + spread * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def oracle(xb: np.ndarray, xq: np.ndarray, k: int, metric: str = "l2"):
+    """Exact NumPy brute force: (D, I) with squared L2 ascending or similarity descending."""
+    xb64, xq64 = xb.astype(np.float64), xq.astype(np.float64)
+    if metric == "cosine":
+        xb64 = xb64 / np.linalg.norm(xb64, axis=1, keepdims=True)
+        xq64 = xq64 / np.linalg.norm(xq64, axis=1, keepdims=True)
+    if metric == "l2":
+        S = (xq64 ** 2).sum(1)[:, None] - 2 * xq64 @ xb64.T + (xb64 ** 2).sum(1)[None, :]
+        I = np.argsort(S, axis=1, kind="stable")[:, :k]
+    else:
+        S = xq64 @ xb64.T
+        I = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(S, I, axis=1), I
+
+
+def recall_at(found_ids: list[list[str]], true_idx: np.ndarray, names: list[str], k: int) -> float:
+    hits = sum(len(set(f[:k]) & {names[j] for j in t[:k]}) for f, t in zip(found_ids, true_idx))
+    return hits / (len(true_idx) * k)
