@@ -106,7 +106,7 @@ def client(request, tmp_path):
     srv.stop()
 
 
-def clustered(n: int, d: int, n_clusters: int = 50, seed: int = 0, spread: float = 0.15) -> np.ndarray:
+def clustered(n: int, d: int, n_clusters: int = 100, seed: int = 0, spread: float = 0.5) -> np.ndarray:
     """(n, d) float32 Gaussian-mixture data: the kind of structure real embeddings have."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_clusters, d)).astype(np.float32)

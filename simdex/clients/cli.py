@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("faiss.loader", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "collections" and args.action != "list" and not args.name:
         raise SystemExit("collections create|get|delete need a NAME")
     if args.command == "collections" and args.action == "create" and not args.dim:

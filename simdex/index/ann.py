@@ -84,6 +84,8 @@ def _walk_params(index, p: Params, sel, keep: list):
         out = faiss.SearchParametersIVF(nprobe=p.nprobe or default_nprobe(index.nlist))
     elif isinstance(index, faiss.IndexHNSW):
         out = faiss.SearchParametersHNSW(efSearch=p.ef_search or DEFAULT_EF_SEARCH)
+    elif sel is None:
+        return None  # some kinds (IndexPQ, IndexLSH) refuse any parameters object
     else:
         out = faiss.SearchParameters()
     if sel is not None and not isinstance(index, faiss.IndexRefine):

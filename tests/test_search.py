@@ -1,0 +1,117 @@
+"""Search results against an exact NumPy oracle, through both client transports."""
+import numpy as np
+import pytest
+
+from conftest import clustered, oracle, recall_at
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_exact_search_equals_oracle_for_every_metric(client, metric):
+    rng = np.random.default_rng(2)
+    xb = rng.standard_normal((800, 16)).astype(np.float32)
+    xq = rng.standard_normal((25, 16)).astype(np.float32)
+    names = [f"id-{i}" for i in range(len(xb))]
+    client.create_collection("m", dim=16, metric=metric, index="Flat")
+    client.upsert("m", names, xb)
+    r = client.search("m", xq, k=10)
+    D, I = oracle(xb, xq, 10, metric)
+    assert r.ids == [[names[j] for j in row] for row in I]
+    np.testing.assert_allclose(r.distances, D, rtol=1e-4, atol=1e-4)
+
+
+def test_fewer_items_than_k_pads_with_the_worst_score(client):
+    client.create_collection("few", dim=4, metric="cosine")
+    client.upsert("few", ["a", "b"], np.eye(4, dtype=np.float32)[:2])
+    r = client.search("few", np.eye(4, dtype=np.float32)[:1], k=5)
+    assert r.ids == [["a", "b"]]
+    assert r.distances.shape == (1, 5)
+    assert np.isneginf(r.distances[0, 2:]).all()
+
+
+def test_replaced_and_deleted_vectors_are_never_returned(client):
+    rng = np.random.default_rng(3)
+    xb = rng.standard_normal((300, 8)).astype(np.float32)
+    names = [f"n{i}" for i in range(300)]
+    client.create_collection("rd", dim=8)
+    client.upsert("rd", names, xb)
+    # move n0..n49 far away, delete n50..n99
+    moved = xb[:50] + 100.0
+    client.upsert("rd", names[:50], moved)
+    assert client.delete("rd", names[50:100]) == 50
+    assert client.count("rd") == 250
+    r = client.search("rd", xb[:100], k=5)
+    for i, ids in enumerate(r.ids):
+        assert not set(ids) & set(names[:100]), f"query {i} returned a stale or deleted id: {ids}"
+    live = np.concatenate([moved, xb[100:]])
+    live_names = names[:50] + names[100:]
+    D, I = oracle(live, xb[:100], 5)
+    assert r.ids == [[live_names[j] for j in row] for row in I]
+    assert client.search("rd", moved[:3], k=1).ids == [["n0"], ["n1"], ["n2"]]
+
+
+def test_batch_search_larger_than_one_message_is_split(tmp_path):
+    from conftest import InProcessServer
+    from simdex.clients import Client
+
+    srv = InProcessServer(tmp_path / "s", max_message_mb=0.25)
+    try:
+        with Client(srv.target, max_message_mb=0.25) as c:
+            rng = np.random.default_rng(4)
+            xb = rng.standard_normal((3000, 64)).astype(np.float32)
+            names = [f"x{i}" for i in range(3000)]
+            c.create_collection("big", dim=64)
+            assert c.upsert("big", names, xb) == 3000          # ~770 kB: several messages, one transaction
+            xq = xb[:2000]                                     # ~512 kB of queries
+            r = c.search("big", xq, k=3)
+            assert [ids[0] for ids in r.ids] == names[:2000]
+            items = c.get("big", names)                         # ~770 kB of vectors back
+            np.testing.assert_array_equal(np.stack([it.vector for it in items]), xb)
+    finally:
+        srv.stop()
+
+
+KINDS = [
+    ("HNSW32", {}),
+    ("IVF128,Flat", {}),
+    ("IVF128,PQ16x4fs,RFlat", {}),
+    ("PQ16x4fs,RFlat", {}),
+    ("PCA16,IVF64,SQ8,RFlat", {}),
+    ("SQ8,RFlat", {}),
+    ("SQ8", {}),
+]
+
+
+@pytest.mark.parametrize("desc,params", KINDS, ids=[k for k, _ in KINDS])
+def test_approximate_kinds_reach_recall_at_default_parameters(sqlite_service, desc, params):
+    s = sqlite_service
+    n, d = 12000, 32
+    data = clustered(n + 200, d, seed=5)
+    xb, xq = data[:n], data[n:]
+    names = [f"p{i}" for i in range(n)]
+    s.create_collection("r", d, "l2", desc)
+    for i in range(0, n, 4000):
+        s.upsert("r", names[i:i + 4000], xb[i:i + 4000])
+    assert s.get_collection("r").trained
+    hits, _ = s.search("r", xq, 10)
+    _, I = oracle(xb, xq, 10)
+    rec = recall_at([h.ids for h in hits], I, names, 10)
+    assert rec >= 0.95, f"{desc}: recall@10 {rec:.3f}"
+
+
+def test_training_kind_answers_exactly_until_trained_then_trains(sqlite_service):
+    s = sqlite_service
+    d = 16
+    xb = clustered(6000, d, seed=7)
+    names = [f"t{i}" for i in range(len(xb))]
+    s.create_collection("ivf", d, "l2", "IVF64,Flat")  # needs 39 * 64 = 2496 vectors to train
+    s.upsert("ivf", names[:1000], xb[:1000])
+    st = s.get_collection("ivf")
+    assert not st.trained and st.count == 1000
+    hits, _ = s.search("ivf", xb[:50], 5)
+    _, I = oracle(xb[:1000], xb[:50], 5)
+    assert [h.ids for h in hits] == [[names[j] for j in row] for row in I]  # exact while untrained
+    s.upsert("ivf", names[1000:], xb[1000:])
+    assert s.get_collection("ivf").trained
+    hits, _ = s.search("ivf", xb[:50], 5)
+    _, I = oracle(xb, xb[:50], 5)
+    assert recall_at([h.ids for h in hits], I, names, 5) >= 0.95
