@@ -53,11 +53,13 @@ def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str |
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    if tls:
-        creds = grpc.ssl_server_credentials([(tls.key, tls.cert)])
-        port = server.add_secure_port(address, creds)
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if tls:
+            port = server.add_secure_port(address, grpc.ssl_server_credentials([(tls.key, tls.cert)]))
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio raises instead of returning 0 when the port is taken
+        raise OSError(f"could not bind {address}: {exc}") from None
     if port == 0:
         raise OSError(f"could not bind {address}")
     return server, port, health_servicer
@@ -71,8 +73,12 @@ def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str
         raise SystemExit(f"token file {token_file} is empty")
     service = Simdex(data_dir, db_url, snapshot_interval=snapshot_interval)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    server, bound, health_servicer = create_server(service, address, token=token, tls=tls,
-                                                   max_message_mb=max_message_mb)
+    try:
+        server, bound, health_servicer = create_server(service, address, token=token, tls=tls,
+                                                       max_message_mb=max_message_mb)
+    except OSError as exc:
+        service.close()
+        raise SystemExit(f"simdex: {exc} (is another server running on that port?)") from None
     server.start()
     LOG.info("simdex serving on %s:%d (data %s, db %s)", host, bound, data_dir,
              service.engine.url.render_as_string(hide_password=True))
