@@ -223,7 +223,7 @@ class AnnIndex:
             n = self.ntotal
             mask = None
             if allowed is not None:
-                mask = allowed[:n] & self._live[:n]
+                mask = self._restrict(allowed, n)
             elif self.n_dead:
                 mask = self._live[:n]
             set_threads_for(len(xq))
@@ -238,6 +238,13 @@ class AnnIndex:
                     LOG.info("index %s takes no id selector; filtering by oversampling", self.desc)
                     self._sel_ok = False
             return self._oversample(xq, k, params, mask)
+
+    def _restrict(self, allowed: np.ndarray, n: int) -> np.ndarray:
+        """allowed & live over n positions (allowed may predate items added since)."""
+        mask = np.zeros(n, dtype=bool)
+        m = min(n, len(allowed))
+        mask[:m] = allowed[:m] & self._live[:m]
+        return mask
 
     def _run(self, index, xq, k, params, sel):
         keep: list = [sel]
@@ -266,7 +273,7 @@ class AnnIndex:
         xq = self._prep(xq)
         with self.lock:
             n = self.ntotal
-            mask = self._live[:n] if allowed is None else allowed[:n] & self._live[:n]
+            mask = self._live[:n] if allowed is None else self._restrict(allowed, n)
             set_threads_for(len(xq))
             keep: list = []
             lims, D, P = self.index.range_search(xq, float(radius), params=_walk_params(self.index, params, None, keep))

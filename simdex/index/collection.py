@@ -113,8 +113,10 @@ class Collection:
         return res
 
     # ---- search ------------------------------------------------------------------------------------------
-    def _knn_unfiltered(self, xq, k, params):
-        return self.ann.knn(xq, k, params)
+    @staticmethod
+    def _knn_unfiltered(xq, k, key):
+        ann, params = key  # the caller's index: ids must be read from the index that was searched
+        return ann.knn(xq, k, params)
 
     def _hits(self, ann: AnnIndex, D: np.ndarray, P: np.ndarray) -> list[Hits]:
         out = []
@@ -164,7 +166,7 @@ class Collection:
         if radius is not None:
             return [Hits(ann.ext_ids(p.tolist()), d, ann.iids_at(p)) for d, p in ann.range(xq, radius, params, allowed)]
         if allowed is None and len(xq) < SMALL_BATCH:
-            D, P = self.batcher.search(xq, k, params)
+            D, P = self.batcher.search(xq, k, (ann, params))
         else:
             D, P = ann.knn(xq, k, params, allowed)
         hits = self._hits(ann, D, P)
