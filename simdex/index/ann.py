@@ -156,6 +156,7 @@ class AnnIndex:
         with self.lock:
             start = self.ntotal
             self._grow(len(iids))
+            set_threads_for(len(xb))  # the OpenMP setting sticks to the calling thread: set it every time
             self.index.add(xb)
             self._pos_iid[start:start + len(iids)] = iids
             self._live[start:start + len(iids)] = True
@@ -178,6 +179,7 @@ class AnnIndex:
         new = AnnIndex(self.dim, self.metric, self.desc)
         if train_sample is not None:
             index = make_faiss_index(self.dim, self.metric, self.desc)
+            set_threads_for(len(train_sample))
             index.train(self._prep(train_sample))
             new.index, new.trained = index, True
         elif self.trained:

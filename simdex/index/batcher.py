@@ -1,65 +1,53 @@
-"""Gather concurrent small k-NN searches into one FAISS call.
+"""Gather concurrent small k-NN searches into one FAISS call, with no hand-off to another thread.
 
-Handlers block on a future; one worker thread drains whatever queued up while the previous call ran,
-stacks the queries that share search parameters, searches once with the largest k and hands each caller
-its rows. No artificial wait: a lone request goes straight through.
+A combining lock: each caller queues its request, then takes the lock. The lock holder serves everything
+queued so far in one FAISS call per parameter set (its own request included) and hands each waiting caller
+its rows; callers whose request was served meanwhile find their future done and return. A lone request is
+searched in its own thread at once; under load, the requests that queued while one FAISS call ran are
+stacked into the next.
 """
 from __future__ import annotations
 
-import queue
 import threading
+from collections import deque
 from concurrent.futures import Future
 from typing import Callable
 
 import numpy as np
 
-MAX_ROWS = 1024
-_STOP = object()
-
 
 class SearchBatcher:
     def __init__(self, run: Callable, name: str = "search-batcher"):
-        self._run = run  # run(xq, k, params) -> (D, P)
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._run = run  # run(xq, k, key) -> (D, P); requests with equal keys are stacked
+        self.name = name
+        self._pending: deque = deque()
+        self._queue_lock = threading.Lock()
+        self._combiner = threading.Lock()
 
-    def search(self, xq: np.ndarray, k: int, params):
+    def search(self, xq: np.ndarray, k: int, key):
         fut: Future = Future()
-        self._q.put((xq, k, params, fut))
+        with self._queue_lock:
+            self._pending.append((xq, k, key, fut))
+        with self._combiner:
+            if not fut.done():  # still queued: everyone who served before us has finished their batch
+                with self._queue_lock:
+                    batch = list(self._pending)
+                    self._pending.clear()
+                groups: dict = {}
+                for item in batch:
+                    groups.setdefault(item[2], []).append(item)
+                for key_, items in groups.items():
+                    self._serve(key_, items)
         return fut.result()
 
     def close(self) -> None:
-        self._q.put(_STOP)
-        self._thread.join(timeout=5)
+        """Nothing to stop: no thread of its own."""
 
-    def _loop(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is _STOP:
-                return
-            batch, rows = [item], len(item[0])
-            while rows < MAX_ROWS:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    self._q.put(_STOP)
-                    break
-                batch.append(nxt)
-                rows += len(nxt[0])
-            groups: dict = {}
-            for it in batch:
-                groups.setdefault(it[2], []).append(it)
-            for params, items in groups.items():
-                self._serve(params, items)
-
-    def _serve(self, params, items) -> None:
+    def _serve(self, key, items) -> None:
         try:
             xq = items[0][0] if len(items) == 1 else np.concatenate([it[0] for it in items])
             kmax = max(it[1] for it in items)
-            D, P = self._run(xq, kmax, params)
+            D, P = self._run(xq, kmax, key)
         except BaseException as exc:  # noqa: BLE001 - every waiting caller gets the error
             for it in items:
                 it[3].set_exception(exc)

@@ -1,0 +1,46 @@
+"""The combining batcher: concurrent callers share FAISS calls and each gets exactly its own rows."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from simdex.index.batcher import SearchBatcher
+
+
+def test_concurrent_requests_are_stacked_and_answered_row_for_row():
+    calls = []
+
+    def run(xq, k, key):
+        calls.append(len(xq))
+        time.sleep(0.01)  # while one call runs, the others queue up
+        D = np.repeat(xq[:, :1], k, axis=1) + np.arange(k)[None, :] + key
+        return D.astype(np.float32), np.repeat(xq[:, :1].astype(np.int64), k, axis=1)
+
+    b = SearchBatcher(run)
+    out = {}
+
+    def caller(i):
+        xq = np.full((1 + i % 2, 3), float(i), dtype=np.float32)
+        out[i] = b.search(xq, 2 + i % 3, key=100 * (i % 2))
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (D, P) in out.items():
+        k = 2 + i % 3
+        assert D.shape == (1 + i % 2, k) and P.shape == (1 + i % 2, k)
+        np.testing.assert_array_equal(D[0], i + np.arange(k) + 100 * (i % 2))
+        assert (P == i).all()
+    assert max(calls) > 2, f"no request was ever stacked with another: {calls}"
+    assert sum(calls) == sum(1 + i % 2 for i in range(16))
+
+
+def test_an_error_reaches_every_caller_of_that_call():
+    def run(xq, k, key):
+        raise RuntimeError("index exploded")
+
+    with pytest.raises(RuntimeError, match="exploded"):
+        SearchBatcher(run).search(np.zeros((1, 2), np.float32), 1, None)
