@@ -110,6 +110,7 @@ class AnnIndex:
         self._iid_pos: dict[int, int] = {}
         self.n_dead = 0
         self._sel_ok = True
+        self._plain_params: dict = {}
         self._gpu = None
         self._gpu_stale = True
 
@@ -249,9 +250,14 @@ class AnnIndex:
         return mask
 
     def _run(self, index, xq, k, params, sel):
-        keep: list = [sel]
-        D, P = index.search(xq, k, params=_walk_params(self.index, params, sel, keep))
-        return D, P
+        if sel is None:  # the common case: reuse one parameters object per Params value
+            cached = self._plain_params.get(params)
+            if cached is None:
+                keep: list = []
+                cached = self._plain_params[params] = (_walk_params(self.index, params, None, keep), keep)
+            return index.search(xq, k, params=cached[0])
+        keep = [sel]
+        return index.search(xq, k, params=_walk_params(self.index, params, sel, keep))
 
     def _oversample(self, xq, k, params, mask):
         n, kk = self.ntotal, k
@@ -308,6 +314,7 @@ class AnnIndex:
             raise ValueError("snapshot does not match its id map")
         ext_of = dict(zip(live_iids.tolist(), live_ext))
         self.index, self.trained = index, bool(arrays["trained"])
+        self._plain_params = {}
         self._pos_iid = pos_iid.copy()
         self._live = np.fromiter((i in ext_of for i in pos_iid.tolist()), dtype=bool, count=len(pos_iid))
         self._pos_ext = [ext_of.get(i, "") for i in pos_iid.tolist()]
