@@ -8,7 +8,8 @@ import pytest
 from simdex.index.batcher import SearchBatcher
 
 
-def test_concurrent_requests_are_stacked_and_answered_row_for_row():
+@pytest.mark.parametrize("slots", [1, 2])
+def test_concurrent_requests_are_stacked_and_answered_row_for_row(slots):
     calls = []
 
     def run(xq, k, key):
@@ -17,7 +18,7 @@ def test_concurrent_requests_are_stacked_and_answered_row_for_row():
         D = np.repeat(xq[:, :1], k, axis=1) + np.arange(k)[None, :] + key
         return D.astype(np.float32), np.repeat(xq[:, :1].astype(np.int64), k, axis=1)
 
-    b = SearchBatcher(run)
+    b = SearchBatcher(run, slots=slots)
     out = {}
 
     def caller(i):

@@ -111,3 +111,29 @@ def test_compaction_rebuilds_after_many_deletes(sqlite_service):
     assert col.ann.n_dead == 0 and col.ann.ntotal == 4000  # compacted: tombstones dropped
     hits, _ = s.search("cmp", xb[2000:2100], 1)
     assert [h.ids[0] for h in hits] == names[2000:2100]
+
+
+def test_stale_snapshot_of_another_collection_is_ignored(tmp_path):
+    import shutil
+
+    from simdex.index.service import Simdex
+
+    s = Simdex(tmp_path / "d", snapshot_interval=0)
+    s.create_collection("old", 4, "l2", "Flat")
+    s.upsert("old", ["a", "b"], np.eye(4, dtype=np.float32)[:2])
+    s.snapshot()
+    stale = tmp_path / "stale.npz"
+    shutil.copy(s._cols["old"].path, stale)
+    s.delete_collection("old")
+    s.create_collection("new", 4, "ip", "HNSW16")
+    s.upsert("new", ["x", "y", "z"], np.eye(4, dtype=np.float32)[1:])
+    new = s._cols["new"]
+    s.engine.dispose()
+    shutil.copy(stale, new.path)  # a crash left the old collection's snapshot where the new one's goes
+    s2 = Simdex(tmp_path / "d", snapshot_interval=0)
+    try:
+        assert s2.count("new") == 3
+        hits, _ = s2.search("new", np.eye(4, dtype=np.float32)[1:], 1)
+        assert [h.ids for h in hits] == [["x"], ["y"], ["z"]]
+    finally:
+        s2.close()

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from simdex.errors import InvalidArgument
 from simdex.index.backend import faiss, gpu_available, set_threads_for
+from simdex.index.rwlock import RWLock
 from simdex.metrics import BIGGER_IS_BETTER, worst
 
 LOG = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def _walk_params(index, p: Params, sel, keep: list):
 
 
 class AnnIndex:
-    """One collection's FAISS index. Thread-safe: every method takes the index lock."""
+    """One collection's FAISS index. Thread-safe: searches share the index lock, changes hold it alone."""
 
     def __init__(self, dim: int, metric: str, desc: str):
         self.dim, self.metric, self.desc = dim, metric, desc
@@ -103,7 +103,7 @@ class AnnIndex:
         self.trained = bool(template.is_trained)
         self.min_train = 0 if self.trained else min_train_size(desc, dim)
         self.index = template if self.trained else faiss.IndexFlat(dim, FAISS_METRIC[metric])
-        self.lock = threading.Lock()
+        self.lock = RWLock()
         self._pos_iid = np.zeros(0, dtype=np.int64)
         self._live = np.zeros(0, dtype=bool)
         self._pos_ext: list[str] = []
@@ -154,7 +154,7 @@ class AnnIndex:
         if not len(iids):
             return
         xb = self._prep(xb)
-        with self.lock:
+        with self.lock.write():
             start = self.ntotal
             self._grow(len(iids))
             set_threads_for(len(xb))  # the OpenMP setting sticks to the calling thread: set it every time
@@ -168,7 +168,7 @@ class AnnIndex:
 
     def remove(self, iids) -> None:
         """Tombstone internal ids (unknown ones are ignored)."""
-        with self.lock:
+        with self.lock.write():
             for iid in np.asarray(iids, dtype=np.int64).tolist():
                 pos = self._iid_pos.pop(iid, None)
                 if pos is not None:
@@ -184,7 +184,7 @@ class AnnIndex:
             index.train(self._prep(train_sample))
             new.index, new.trained = index, True
         elif self.trained:
-            with self.lock:
+            with self.lock.read():
                 new.index = faiss.clone_index(self.index)
             new.index.reset()
             new.trained = True
@@ -222,7 +222,7 @@ class AnnIndex:
     def knn(self, xq: np.ndarray, k: int, params: Params = Params(), allowed: np.ndarray | None = None):
         """Best k live (and `allowed`, a bool mask over positions) hits per query -> (D, P)."""
         xq = self._prep(xq)
-        with self.lock:
+        with self.lock.read():
             n = self.ntotal
             mask = None
             if allowed is not None:
@@ -279,7 +279,7 @@ class AnnIndex:
     def range(self, xq: np.ndarray, radius: float, params: Params = Params(), allowed: np.ndarray | None = None):
         """Every live (and allowed) hit within `radius`, best first: a list of (D, P) per query."""
         xq = self._prep(xq)
-        with self.lock:
+        with self.lock.read():
             n = self.ntotal
             mask = self._live[:n] if allowed is None else self._restrict(allowed, n)
             set_threads_for(len(xq))
@@ -299,15 +299,19 @@ class AnnIndex:
     # ---- persistence -------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, np.ndarray]:
         """Arrays that restore this index (see restore); taken under the lock, written by the caller."""
-        with self.lock:
+        with self.lock.read():
             return {
                 "index": faiss.serialize_index(self.index),
                 "pos_iid": self._pos_iid[: self.ntotal].copy(),
                 "trained": np.array(self.trained),
+                "kind": np.array(f"{self.dim}/{self.metric}/{self.desc}"),
             }
 
     def restore(self, arrays, live_iids: np.ndarray, live_ext: list[str]) -> np.ndarray:
         """Load a snapshot; tombstone what is no longer live. Returns the live iids the snapshot lacks."""
+        if str(arrays["kind"]) != f"{self.dim}/{self.metric}/{self.desc}":
+            raise ValueError(f"snapshot holds a {arrays['kind']} index, the collection is "
+                             f"{self.dim}/{self.metric}/{self.desc}")
         index = faiss.deserialize_index(np.asarray(arrays["index"]))
         pos_iid = np.asarray(arrays["pos_iid"], dtype=np.int64)
         if index.ntotal != len(pos_iid) or index.d != self.dim:

@@ -1,10 +1,10 @@
-"""Gather concurrent small k-NN searches into one FAISS call, with no hand-off to another thread.
+"""Gather concurrent small k-NN searches into few FAISS calls, with no hand-off to another thread.
 
-A combining lock: each caller queues its request, then takes the lock. The lock holder serves everything
-queued so far in one FAISS call per parameter set (its own request included) and hands each waiting caller
-its rows; callers whose request was served meanwhile find their future done and return. A lone request is
-searched in its own thread at once; under load, the requests that queued while one FAISS call ran are
-stacked into the next.
+Combining: each caller queues its request, then takes one of `slots` combiner slots (one per core by default,
+since FAISS releases the GIL). A slot holder serves everything queued so far in one FAISS call per parameter set
+(its own request included) and hands each waiting caller its rows; a caller whose request another combiner took
+waits for that combiner's answer. A lone request is searched in its own thread at once; under load, the requests
+that queued while the running calls ran are stacked into the next ones.
 """
 from __future__ import annotations
 
@@ -17,19 +17,19 @@ import numpy as np
 
 
 class SearchBatcher:
-    def __init__(self, run: Callable, name: str = "search-batcher"):
+    def __init__(self, run: Callable, name: str = "search-batcher", slots: int = 1):
         self._run = run  # run(xq, k, key) -> (D, P); requests with equal keys are stacked
         self.name = name
         self._pending: deque = deque()
         self._queue_lock = threading.Lock()
-        self._combiner = threading.Lock()
+        self._combiner = threading.BoundedSemaphore(max(1, slots))
 
     def search(self, xq: np.ndarray, k: int, key):
         fut: Future = Future()
         with self._queue_lock:
             self._pending.append((xq, k, key, fut))
         with self._combiner:
-            if not fut.done():  # still queued: everyone who served before us has finished their batch
+            if not fut.done():  # queued, or taken by a combiner still running (then the batch is empty)
                 with self._queue_lock:
                     batch = list(self._pending)
                     self._pending.clear()

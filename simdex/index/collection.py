@@ -16,7 +16,7 @@ import numpy as np
 
 from simdex.index import filters
 from simdex.index.ann import AnnIndex, Params
-from simdex.index.backend import SMALL_BATCH, faiss
+from simdex.index.backend import NCPU, SMALL_BATCH, faiss
 from simdex.index.batcher import SearchBatcher
 from simdex.index.store import CollectionInfo, Store, WriteResult
 from simdex.metrics import BIGGER_IS_BETTER
@@ -43,7 +43,7 @@ class Collection:
         self.seq = info.seq
         self.snap_seq = -1
         self.write_lock = threading.Lock()
-        self.batcher = SearchBatcher(self._knn_unfiltered, name=f"search-{info.name}")
+        self.batcher = SearchBatcher(self._knn_unfiltered, name=f"search-{info.name}", slots=NCPU)
 
     @property
     def name(self) -> str:
