@@ -148,10 +148,10 @@ def verify(target: str, present: set[int], maybe: int | None) -> set[int]:
 
 
 @pytest.mark.parametrize("snapshot_interval,seed", [(0.0, 11), (0.2, 12)], ids=["no-snapshot", "snapshot-0.2s"])
-def test_kill9_during_upsert_streams_loses_no_acknowledged_write(procs, tmp_path, snapshot_interval, seed):
+def test_kill9_during_upsert_streams_loses_no_acknowledged_write(procs, tmp_path, snapshot_interval, seed, db_url):
     rng = np.random.default_rng(seed)
     data = tmp_path / "data"
-    args = ("--snapshot-interval", str(snapshot_interval))
+    args = ("--snapshot-interval", str(snapshot_interval)) + (("--db", db_url) if db_url else ())
     srv = procs.start(data, *args)
     with Client(srv.target) as c:
         c.create_collection(COL, DIM, "l2", "Flat")
