@@ -159,13 +159,7 @@ class Simdex:
         xb = as_matrix(vectors, "vectors", col.info.dim)
         if len(xb) != len(ids):
             raise InvalidArgument(f"vectors: {len(xb)} rows for {len(ids)} ids")
-        metas = [m if isinstance(m, dict) else None for m in metadata]
-        if metadata and any(m is None for m in metas):
-            metas = check_metadata(list(metadata), len(ids))
-        elif not metadata:
-            metas = [{} for _ in ids]
-        elif len(metas) != len(ids):
-            raise InvalidArgument(f"metadata: got {len(metas)} entries for {len(ids)} ids")
+        metas = check_metadata(list(metadata), len(ids))
         hashes = list(hashes)
         if hashes and len(hashes) != len(ids):
             raise InvalidArgument(f"content_hashes: got {len(hashes)} for {len(ids)} ids")

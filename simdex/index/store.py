@@ -323,8 +323,8 @@ def canonical_json(obj: dict) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def check_metadata(texts: Sequence[str], n: int) -> list[dict]:
-    """JSON object texts (one per item, or none at all) -> dicts; InvalidArgument naming the bad one."""
+def check_metadata(texts: Sequence[str | dict], n: int) -> list[dict]:
+    """JSON object texts or dicts (one per item, or none at all) -> dicts; InvalidArgument naming the bad one."""
     if not texts:
         return [{} for _ in range(n)]
     if len(texts) != n:
@@ -334,6 +334,11 @@ def check_metadata(texts: Sequence[str], n: int) -> list[dict]:
         if t == "":
             out.append({})
             continue
+        if isinstance(t, dict):  # in-process callers: the same checks as for text
+            try:
+                t = json.dumps(t, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgument(f"metadata[{i}]: not JSON-serialisable ({exc})") from None
         try:
             obj = json.loads(t, parse_constant=_reject_constant)
         except ValueError as exc:
