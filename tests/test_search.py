@@ -115,3 +115,40 @@ def test_training_kind_answers_exactly_until_trained_then_trains(sqlite_service)
     hits, _ = s.search("ivf", xb[:50], 5)
     _, I = oracle(xb, xb[:50], 5)
     assert recall_at([h.ids for h in hits], I, names, 5) >= 0.95
+
+
+@pytest.mark.parametrize("desc", ["Flat", "HNSW32", "IVF64,Flat", "PQ8x4fs", "LSH"])
+def test_filtered_search_through_the_index_returns_k_matching_hits(sqlite_service, desc):
+    """Filters matching more items than the exact path takes go through FAISS (id selector, or oversampling
+    for kinds that take none), and still return k matching hits."""
+    s = sqlite_service
+    n, d = 12000, 16
+    data = clustered(n + 50, d, seed=14)
+    xb, xq = data[:n], data[n:]
+    names = [f"f{i}" for i in range(n)]
+    s.create_collection("flt", d, "l2", desc)
+    s.upsert("flt", names, xb, [{"group": i % 3} for i in range(n)])
+    keep = np.arange(n) % 3 != 0        # 8,000 matches: more than the exact path's 4,096
+    hits, _ = s.search("flt", xq, 10, filter={"group": {"$ne": 0}})
+    for h in hits:
+        assert len(h.ids) == 10
+        assert all(int(i[1:]) % 3 != 0 for i in h.ids)
+    _, I = oracle(xb[keep], xq, 10)
+    sub = [names[j] for j in np.flatnonzero(keep)]
+    rec = recall_at([h.ids for h in hits], I, sub, 10)
+    if desc in ("Flat", "HNSW32", "IVF64,Flat"):
+        assert rec >= (1.0 if desc == "Flat" else 0.95), f"{desc}: filtered recall@10 {rec:.3f}"
+
+
+def test_restrictive_filter_on_a_graph_index_still_finds_k(sqlite_service):
+    s = sqlite_service
+    n, d = 9000, 8
+    xb = clustered(n, d, seed=15)
+    names = [f"g{i}" for i in range(n)]
+    s.create_collection("hn", d, "l2", "HNSW16")
+    s.upsert("hn", names, xb, [{"rare": i % 1500 == 0} | {"bucket": i % 2} for i in range(n)])
+    # 6 rare items, answered exactly; and half the items in a bucket, answered through the graph
+    hits, _ = s.search("hn", xb[:5], 10, filter={"rare": True})
+    assert all(len(h.ids) == 6 and set(h.ids) == {f"g{i}" for i in range(0, n, 1500)} for h in hits)
+    hits, _ = s.search("hn", xb[:5], 10, filter={"bucket": 1})
+    assert all(len(h.ids) == 10 and all(int(i[1:]) % 2 == 1 for i in h.ids) for h in hits)

@@ -22,7 +22,10 @@ from simdex.index.store import CollectionInfo, Store, WriteResult
 from simdex.metrics import BIGGER_IS_BETTER
 
 LOG = logging.getLogger(__name__)
-EXACT_SUBSET = 4096       # filters matching at most this many items are answered exactly from stored vectors
+# Filters matching at most this many items are answered exactly from the stored vectors (read from the database,
+# so the cap shrinks with the dimension: at most ~16 MB of float32 per search).
+EXACT_SUBSET = 4096
+EXACT_SUBSET_FLOATS = 1 << 22
 TRAIN_SAMPLE = 100_000    # vectors sampled to train a kind that needs training
 
 
@@ -160,7 +163,7 @@ class Collection:
         allowed = None
         if spec:
             match = self.store.filter_iids(self.info.id, spec)
-            if len(match) <= EXACT_SUBSET:
+            if len(match) <= min(EXACT_SUBSET, max(64, EXACT_SUBSET_FLOATS // self.info.dim)):
                 return self._exact(ann, xq, match, k, radius)
             allowed = ann.mask_of(match)
         if radius is not None:
