@@ -1,6 +1,9 @@
 """Vectors on the wire: packed little-endian float32 bytes plus a shape. Used by server and clients alike."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 
 from simdex.errors import InvalidArgument
@@ -54,3 +57,13 @@ def unpack_floats(data: bytes) -> np.ndarray:
     if len(data) % 4:
         raise InvalidArgument(f"float32 array of {len(data)} bytes is not a multiple of 4")
     return np.frombuffer(data, dtype=F32)
+
+
+def canonical_json(obj: dict) -> str:
+    """The one text form of a metadata object (sorted keys, no spaces) that content hashes are taken of."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(vector: bytes, metadata_json: str) -> str:
+    """Default content hash of an item: sha256 of its float32 bytes and canonical metadata JSON."""
+    return hashlib.sha256(vector + b"\0" + metadata_json.encode()).hexdigest()

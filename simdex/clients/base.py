@@ -117,14 +117,17 @@ class ClientBase:
         """Delete items by id, all or nothing. Returns how many were deleted."""
         return self._delete(collection, list(ids), ignore_missing)
 
-    def get(self, collection: str, ids: Sequence[str], with_vectors: bool = True) -> list[Item]:
+    def get(self, collection: str, ids: Sequence[str], with_vectors: bool = True,
+            ignore_missing: bool = False) -> list[Item]:
+        """Items by id, in the order asked. An unknown id is NotFound, unless ignore_missing (then skipped)."""
         ids = list(ids)
         if not ids:
             raise InvalidArgument("ids: empty batch; give at least one id")
         per = max(1, self._budget // (PER_ROW_OVERHEAD + 4096 + 4 * self._dim(collection)))
         out: list[Item] = []
         for i in range(0, len(ids), per):
-            out.extend(self._shrinking(lambda part: self._get(collection, part, with_vectors), ids[i:i + per]))
+            out.extend(self._shrinking(lambda part: self._get(collection, part, with_vectors, ignore_missing),
+                                       ids[i:i + per]))
         return out
 
     def count(self, collection: str, filter: dict | str | None = None) -> int:  # noqa: A002
@@ -204,7 +207,7 @@ class ClientBase:
     def _drop(self, name) -> None: raise NotImplementedError
     def _upsert(self, name, chunks: Iterable) -> int: raise NotImplementedError
     def _delete(self, name, ids, ignore_missing) -> int: raise NotImplementedError
-    def _get(self, name, ids, with_vectors) -> list[Item]: raise NotImplementedError
+    def _get(self, name, ids, with_vectors, ignore_missing) -> list[Item]: raise NotImplementedError
     def _count(self, name, filter_text) -> int: raise NotImplementedError
     def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token) -> list:
         """-> one (ids, (m,) float32 distances, metadata list, next_page_token) per query."""

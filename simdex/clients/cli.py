@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from simdex.wire import canonical_json, content_hash
+
 UPLOAD_CHUNK = 4096  # rows per upsert call: each call is one acknowledged transaction
 
 
@@ -72,16 +74,26 @@ def cmd_upsert(args) -> int:
     if len(ids) != n or (metas is not None and len(metas) != n):
         raise SystemExit(f"{n} vectors, {len(ids)} ids, {len(metas) if metas else 0} metadata lines: must match")
     bar = _progress(n, f"upsert {args.collection}")
-    done = 0
+    done = skipped = 0
     with _client(args) as c:
         for i in range(0, n, args.chunk):
-            part_meta = [json.loads(m) for m in metas[i:i + args.chunk]] if metas else None
-            done += c.upsert(args.collection, ids[i:i + args.chunk], np.asarray(x[i:i + args.chunk]), part_meta)
+            part_ids = ids[i:i + args.chunk]
+            part_x = np.ascontiguousarray(x[i:i + args.chunk], dtype="<f4")
+            part_meta = [json.loads(m) for m in metas[i:i + args.chunk]] if metas else [{}] * len(part_ids)
+            if args.resume:  # skip rows already stored with the same content (an earlier, interrupted run)
+                stored = {it.id: it.content_hash
+                          for it in c.get(args.collection, part_ids, with_vectors=False, ignore_missing=True)}
+                todo = [j for j, id_ in enumerate(part_ids)
+                        if stored.get(id_) != content_hash(part_x[j].tobytes(), canonical_json(part_meta[j]))]
+                skipped += len(part_ids) - len(todo)
+                part_ids, part_x, part_meta = [part_ids[j] for j in todo], part_x[todo], [part_meta[j] for j in todo]
+            if part_ids:
+                done += c.upsert(args.collection, part_ids, part_x, part_meta)
             if bar:
                 bar.update(min(args.chunk, n - i))
     if bar:
         bar.close()
-    print(json.dumps({"upserted": done}))
+    print(json.dumps({"upserted": done, "skipped": skipped}))
     return 0
 
 
@@ -157,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ids", help="text file, one id per line (default: row numbers)")
     s.add_argument("--metadata", help="JSON lines file, one object per row")
     s.add_argument("--chunk", type=int, default=UPLOAD_CHUNK, help="rows per transaction")
+    s.add_argument("--resume", action="store_true",
+                   help="skip rows already stored with the same vector and metadata (continue an interrupted run)")
     client_args(s)
     s.set_defaults(func=cmd_upsert)
 

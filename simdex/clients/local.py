@@ -43,8 +43,9 @@ class LocalClient(ClientBase):
     def _delete(self, name, ids, ignore_missing):
         return self.service.delete(name, ids, ignore_missing)[0]
 
-    def _get(self, name, ids, with_vectors):
-        return [Item(r.id, r.vector, r.metadata, r.content_hash) for r in self.service.get(name, ids, with_vectors)]
+    def _get(self, name, ids, with_vectors, ignore_missing):
+        return [Item(r.id, r.vector, r.metadata, r.content_hash)
+                for r in self.service.get(name, ids, with_vectors, ignore_missing)]
 
     def _count(self, name, filter_text):
         return self.service.count(name, filter_text)

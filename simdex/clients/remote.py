@@ -76,9 +76,10 @@ class RemoteClient(ClientBase):
         return self._call(self.stub.Delete, pb.DeleteRequest(collection=name, ids=ids,
                                                              ignore_missing=ignore_missing)).deleted
 
-    def _get(self, name, ids, with_vectors):
-        r = self._call(self.stub.Get, pb.GetRequest(collection=name, ids=ids, omit_vectors=not with_vectors))
-        X = unpack(r.vectors.data, r.vectors.shape) if with_vectors else [None] * len(r.ids)
+    def _get(self, name, ids, with_vectors, ignore_missing):
+        r = self._call(self.stub.Get, pb.GetRequest(collection=name, ids=ids, omit_vectors=not with_vectors,
+                                                    ignore_missing=ignore_missing))
+        X = unpack(r.vectors.data, r.vectors.shape) if with_vectors and r.ids else [None] * len(r.ids)
         return [Item(i, None if v is None else v.copy(), json.loads(m), h)
                 for i, v, m, h in zip(r.ids, X, r.metadata, r.content_hashes)]
 

@@ -18,8 +18,8 @@ from simdex.errors import FailedPrecondition, InvalidArgument, NotFound
 from simdex.index import filters
 from simdex.index.ann import Params, make_faiss_index
 from simdex.index.collection import Collection, Hits
-from simdex.index.store import CollectionInfo, Store, canonical_json, check_metadata, content_hash, make_engine, migrate
-from simdex.wire import as_matrix
+from simdex.index.store import CollectionInfo, Store, check_metadata, make_engine, migrate
+from simdex.wire import as_matrix, canonical_json, content_hash
 
 LOG = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -174,9 +174,9 @@ class Simdex:
         res = col.delete(check_ids(ids), ignore_missing)
         return len(res.removed_iids), res.seq
 
-    def get(self, name: str, ids, with_vectors: bool = True):
+    def get(self, name: str, ids, with_vectors: bool = True, ignore_missing: bool = False):
         col = self._col(name)
-        return self.store.get(col.info.id, col.info.dim, check_ids(ids, unique=False), with_vectors)
+        return self.store.get(col.info.id, col.info.dim, check_ids(ids, unique=False), with_vectors, ignore_missing)
 
     def count(self, name: str, filter=None) -> int:  # noqa: A002
         col = self._col(name)

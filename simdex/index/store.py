@@ -5,7 +5,6 @@ transaction: it commits everything or nothing. Vectors are stored as packed litt
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -99,10 +98,6 @@ class ItemRecord:
     vector: np.ndarray | None
     metadata: dict
     content_hash: str
-
-
-def content_hash(vector: bytes, metadata_json: str) -> str:
-    return hashlib.sha256(vector + b"\0" + metadata_json.encode()).hexdigest()
 
 
 def make_engine(url: str) -> Engine:
@@ -238,7 +233,8 @@ class Store:
         return WriteResult(seq, np.zeros(0, np.int64), removed)
 
     # ---- reads -------------------------------------------------------------------------------------------
-    def get(self, cid: int, dim: int, ids: Sequence[str], with_vectors: bool = True) -> list[ItemRecord]:
+    def get(self, cid: int, dim: int, ids: Sequence[str], with_vectors: bool = True,
+            ignore_missing: bool = False) -> list[ItemRecord]:
         cols = [ItemRow.external_id, ItemRow.meta, ItemRow.content_hash]
         if with_vectors:
             cols.append(ItemRow.vector)
@@ -249,9 +245,10 @@ class Store:
                     ItemRow.collection_id == cid, ItemRow.external_id.in_(list(ids[i:i + CHUNK]))))
                 found.update({r.external_id: r for r in rows})
         missing = [i for i in ids if i not in found]
-        if missing:
+        if missing and not ignore_missing:
             shown = ", ".join(repr(m) for m in missing[:5])
             raise NotFound(f"{len(missing)} id(s) not found: {shown}")
+        ids = [i for i in ids if i in found]
         return [
             ItemRecord(
                 i,
@@ -317,10 +314,6 @@ class Store:
                     ItemRow.collection_id == cid, ItemRow.iid.in_([int(v) for v in iids[i:i + CHUNK]])))
                 out.update({r[0]: r[1] for r in rows})
         return out
-
-
-def canonical_json(obj: dict) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def check_metadata(texts: Sequence[str | dict], n: int) -> list[dict]:

@@ -343,8 +343,11 @@ class GetRequest(_message.Message):
     COLLECTION_FIELD_NUMBER: _builtins.int
     IDS_FIELD_NUMBER: _builtins.int
     OMIT_VECTORS_FIELD_NUMBER: _builtins.int
+    IGNORE_MISSING_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     omit_vectors: _builtins.bool
+    ignore_missing: _builtins.bool
+    """false: any unknown id fails with NOT_FOUND; true: return the ones that exist"""
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -353,10 +356,11 @@ class GetRequest(_message.Message):
         collection: _builtins.str = ...,
         ids: _abc.Iterable[_builtins.str] | None = ...,
         omit_vectors: _builtins.bool = ...,
+        ignore_missing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "ids", b"ids", "omit_vectors", b"omit_vectors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "ids", b"ids", "ignore_missing", b"ignore_missing", "omit_vectors", b"omit_vectors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

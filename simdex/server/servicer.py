@@ -96,13 +96,14 @@ class SimdexServicer(pb_grpc.SimdexServicer):
 
     @grpc_errors
     def Get(self, request, context):
-        items = self.service.get(request.collection, request.ids, with_vectors=not request.omit_vectors)
+        items = self.service.get(request.collection, request.ids, with_vectors=not request.omit_vectors,
+                                 ignore_missing=request.ignore_missing)
         resp = pb.GetResponse(
             ids=[it.id for it in items],
             metadata=[json.dumps(it.metadata, ensure_ascii=False) for it in items],
             content_hashes=[it.content_hash for it in items],
         )
-        if not request.omit_vectors:
+        if not request.omit_vectors and items:
             resp.vectors.CopyFrom(matrix_pb(np.stack([it.vector for it in items])))
         return self._fits(resp, "Get")
 
