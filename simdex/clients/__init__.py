@@ -5,7 +5,7 @@ Needs only grpcio, protobuf and numpy (the in-process mode needs the server extr
 from __future__ import annotations
 
 from simdex.clients.remote import RemoteClient
-from simdex.clients.types import CollectionInfo, Item, SearchResult
+from simdex.clients.types import Cluster, ClusterResult, CollectionInfo, Item, SearchResult
 from simdex.errors import (
     AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound, PermissionDenied,
     ResourceExhausted, SimdexError, Unauthenticated, Unavailable,
@@ -24,7 +24,7 @@ class Client(RemoteClient):
 
 
 __all__ = [
-    "Client", "CollectionInfo", "Item", "SearchResult", "SimdexError", "AlreadyExists", "DeadlineExceeded",
+    "Client", "Cluster", "ClusterResult", "CollectionInfo", "Item", "SearchResult", "SimdexError", "AlreadyExists", "DeadlineExceeded",
     "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted",
     "Unauthenticated", "Unavailable",
 ]

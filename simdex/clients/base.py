@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from simdex.errors import InvalidArgument, ResourceExhausted
-from simdex.clients.types import CollectionInfo, Item, SearchResult
+from simdex.clients.types import ClusterResult, CollectionInfo, Item, SearchResult
 from simdex.metrics import worst
 from simdex.wire import as_matrix
 
@@ -187,6 +187,26 @@ class ClientBase:
             metas.append(qm)
         return SearchResult(ids, dists, metas if include_metadata else None)
 
+    def cluster(self, collection: str, bandwidth: float | None = None, *, filter: dict | str | None = None,  # noqa: A002
+                kernel: str = "flat", bin_seeding: bool = False, min_bin_freq: int = 1, cluster_all: bool = True,
+                max_iter: int = 300, max_seeds: int | None = 1000, representatives: int = 5,
+                page_size: int = 0) -> ClusterResult:
+        """Mean shift over the collection's vectors (or those matching `filter`), on the server.
+
+        Parameters as scikit-learn's MeanShift (`bandwidth=None` estimates it; kernel "flat" takes it as the
+        radius). `max_seeds`: seeds are a deterministic sample of at most this many points (None: every point).
+        Member labels are fetched page by page."""
+        spec = {"filter": _filter_text(filter), "bandwidth": bandwidth, "kernel": kernel, "bin_seeding": bin_seeding,
+                "min_bin_freq": min_bin_freq, "cluster_all": cluster_all, "max_iter": max_iter,
+                "max_seeds": max_seeds, "representatives": representatives}
+        token, ids, labels = "", [], []
+        while True:
+            clusters, bw, n_iter, page_ids, page_labels, token = self._cluster(collection, spec, page_size, token)
+            ids.extend(page_ids)
+            labels.extend(page_labels)
+            if not token:
+                return ClusterResult(clusters, ids, np.asarray(labels, dtype=np.int32), bw, n_iter)
+
     def _shrinking(self, call, rows) -> list:
         """Call with `rows`; when the answer is over the message limit, halve and retry."""
         try:
@@ -209,6 +229,10 @@ class ClientBase:
     def _delete(self, name, ids, ignore_missing) -> int: raise NotImplementedError
     def _get(self, name, ids, with_vectors, ignore_missing) -> list[Item]: raise NotImplementedError
     def _count(self, name, filter_text) -> int: raise NotImplementedError
+    def _cluster(self, name, spec: dict, page_size: int, token: str) -> tuple:
+        """-> (clusters, bandwidth, n_iter, page ids, page labels, next token)."""
+        raise NotImplementedError
+
     def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token) -> list:
         """-> one (ids, (m,) float32 distances, metadata list, next_page_token) per query."""
         raise NotImplementedError

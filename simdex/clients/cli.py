@@ -131,6 +131,26 @@ def cmd_count(args) -> int:
     return 0
 
 
+def cmd_cluster(args) -> int:
+    with _client(args) as c:
+        r = c.cluster(args.collection, args.bandwidth, filter=json.loads(args.filter) if args.filter else None,
+                      kernel=args.kernel, bin_seeding=args.bin_seeding, cluster_all=not args.no_cluster_all,
+                      max_seeds=args.max_seeds or None)
+        if args.labels:
+            with open(args.labels, "w") as fh:
+                for id_, lab in zip(r.ids, r.labels.tolist()):
+                    fh.write(json.dumps({"id": id_, "cluster": lab}) + "\n")
+        if args.plot:
+            from simdex.clients.plot import cluster_scatter  # noqa: PLC0415 - matplotlib only when asked
+
+            cluster_scatter(c, args.collection, r, args.plot, args.plot_points)
+    print(json.dumps({"bandwidth": r.bandwidth, "n_iter": r.n_iter, "n_points": len(r.ids),
+                      "unclustered": int((r.labels < 0).sum()),
+                      "clusters": [{"label": k.label, "size": k.size, "representatives": k.representatives}
+                                   for k in r.clusters]}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simdex", description="simdex similarity-search service")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -191,6 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-vectors", action="store_true")
     client_args(s)
     s.set_defaults(func=cmd_get)
+
+    s = sub.add_parser("cluster", help="mean shift clusters of a collection (JSON summary out)")
+    s.add_argument("collection")
+    s.add_argument("--bandwidth", type=float, help="kernel radius (default: estimated)")
+    s.add_argument("--kernel", default="flat", choices=["flat", "gaussian"])
+    s.add_argument("--filter", help="cluster only the items matching this metadata filter (JSON)")
+    s.add_argument("--bin-seeding", action="store_true")
+    s.add_argument("--no-cluster-all", action="store_true", help="leave points beyond every mode's reach as -1")
+    s.add_argument("--max-seeds", type=int, default=1000, help="sampled seeds (0: every point)")
+    s.add_argument("--labels", help="write each member's cluster as JSON lines to this file")
+    s.add_argument("--plot", help="write a 2-D PCA scatter coloured by cluster to this PNG")
+    s.add_argument("--plot-points", type=int, default=5000, help="members drawn in the plot (a sample)")
+    client_args(s)
+    s.set_defaults(func=cmd_cluster)
 
     s = sub.add_parser("count", help="number of items (matching --filter)")
     s.add_argument("collection")

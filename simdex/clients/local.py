@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from simdex.clients.base import ClientBase
-from simdex.clients.types import CollectionInfo, Item
+from simdex.clients.types import Cluster, CollectionInfo, Item
 
 
 def _info(s) -> CollectionInfo:
@@ -59,3 +59,12 @@ class LocalClient(ClientBase):
         return [(h.ids, h.distances, metas[i] if metas else [],
                  encode_token(h.next_offset) if h.next_offset is not None else "")
                 for i, h in enumerate(hits)]
+
+    def _cluster(self, name, spec, page_size, token):
+        from simdex.index.clustering import ClusterSpec  # noqa: PLC0415
+
+        if spec["bandwidth"] is not None:
+            spec = {**spec, "bandwidth": float(spec["bandwidth"])}
+        r, start, end, nxt = self.service.cluster(name, ClusterSpec(**spec), page_size, token)
+        clusters = [Cluster(c.label, c.size, c.center.copy(), list(c.representatives)) for c in r.clusters]
+        return clusters, r.bandwidth, r.n_iter, r.ids[start:end], r.labels[start:end].tolist(), nxt

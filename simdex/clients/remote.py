@@ -7,7 +7,7 @@ import grpc
 import numpy as np
 
 from simdex.clients.base import DEFAULT_MAX_MESSAGE_MB, ClientBase
-from simdex.clients.types import CollectionInfo, Item
+from simdex.clients.types import Cluster, CollectionInfo, Item
 from simdex.errors import from_code
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
@@ -95,3 +95,16 @@ class RemoteClient(ClientBase):
         r = self._call(self.stub.Search, req)
         return [(list(h.ids), unpack_floats(h.distances), [json.loads(m) for m in h.metadata], h.next_page_token)
                 for h in r.results]
+
+    def _cluster(self, name, spec, page_size, token):
+        req = pb.ClusterRequest(collection=name, filter=spec["filter"], kernel=spec["kernel"],
+                                bin_seeding=spec["bin_seeding"], min_bin_freq=spec["min_bin_freq"],
+                                cluster_all=spec["cluster_all"], max_iter=spec["max_iter"],
+                                max_seeds=spec["max_seeds"] or 0, representatives=spec["representatives"],
+                                page_size=page_size, page_token=token)
+        if spec["bandwidth"] is not None:
+            req.bandwidth = spec["bandwidth"]
+        r = self._call(self.stub.Cluster, req)
+        clusters = [Cluster(c.label, c.size, unpack_floats(c.center).copy(), list(c.representatives))
+                    for c in r.clusters]
+        return clusters, r.bandwidth, r.n_iter, list(r.member_ids), list(r.member_labels), r.next_page_token

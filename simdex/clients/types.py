@@ -38,3 +38,25 @@ class SearchResult:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    label: int
+    size: int
+    center: np.ndarray          # (d,) float32, in the index's space (unit vectors for cosine collections)
+    representatives: list[str]  # member ids nearest the centre, nearest first
+
+
+@dataclass
+class ClusterResult:
+    """clusters: most populated first. ids/labels: every clustered item and its cluster label ((n,) int32,
+    -1 when cluster_all=False left it out)."""
+    clusters: list[Cluster]
+    ids: list[str]
+    labels: np.ndarray
+    bandwidth: float
+    n_iter: int
+
+    def members(self, label: int) -> list[str]:
+        return [i for i, lab in zip(self.ids, self.labels.tolist()) if lab == label]

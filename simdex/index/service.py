@@ -16,6 +16,7 @@ import numpy as np
 
 from simdex.errors import FailedPrecondition, InvalidArgument, NotFound
 from simdex.index import filters
+from simdex.index import clustering
 from simdex.index.ann import Params, make_faiss_index
 from simdex.index.collection import Collection, Hits
 from simdex.index.store import CollectionInfo, Store, check_metadata, make_engine, migrate
@@ -92,6 +93,7 @@ class Simdex:
         self.store = Store(self.engine)
         self._lock = threading.Lock()
         self._cols: dict[str, Collection] = {}
+        self._cluster_jobs = clustering.ClusterJobs()
         for info in self.store.list_collections():
             self._cols[info.name] = self._open(info)
         self._stop = threading.Event()
@@ -221,6 +223,10 @@ class Simdex:
             by_iid = self.store.metadata(col.info.id, np.unique(all_iids).tolist())
             metas = [[by_iid.get(int(i), {}) for i in h.iids] for h in hits]
         return hits, metas
+
+    def cluster(self, name: str, spec: clustering.ClusterSpec, page_size: int = 0, page_token: str = ""):
+        """Mean shift over the collection (or its filtered items). -> (Clustering, start, end, next token)."""
+        return self._cluster_jobs.cluster(self._col(name), self.store, spec, page_size, page_token)
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def snapshot(self) -> int:

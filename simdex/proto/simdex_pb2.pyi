@@ -585,3 +585,157 @@ class SearchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
+
+@_typing.final
+class ClusterRequest(_message.Message):
+    """Mean shift over a collection (or the items matching `filter`): see simdex.index.meanshift.MeanShift."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_FIELD_NUMBER: _builtins.int
+    KERNEL_FIELD_NUMBER: _builtins.int
+    BIN_SEEDING_FIELD_NUMBER: _builtins.int
+    MIN_BIN_FREQ_FIELD_NUMBER: _builtins.int
+    CLUSTER_ALL_FIELD_NUMBER: _builtins.int
+    MAX_ITER_FIELD_NUMBER: _builtins.int
+    MAX_SEEDS_FIELD_NUMBER: _builtins.int
+    REPRESENTATIVES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    filter: _builtins.str
+    """optional metadata filter (JSON), as in SearchRequest"""
+    bandwidth: _builtins.float
+    """absent: estimated from a sample (scikit-learn's estimate_bandwidth)"""
+    kernel: _builtins.str
+    """"flat" (default; bandwidth is the radius) | "gaussian" """
+    bin_seeding: _builtins.bool
+    min_bin_freq: _builtins.int
+    """0 = 1"""
+    cluster_all: _builtins.bool
+    """absent = true; false labels points beyond the bandwidth of every mode -1"""
+    max_iter: _builtins.int
+    """0 = 300"""
+    max_seeds: _builtins.int
+    """absent = 1000 sampled seeds; 0 = seed from every point"""
+    representatives: _builtins.int
+    """ids nearest each centre to return (0 = 5)"""
+    page_size: _builtins.int
+    """member labels per page (0 = 10000)"""
+    page_token: _builtins.str
+    """continuation: send the same request with this token"""
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        filter: _builtins.str = ...,
+        bandwidth: _builtins.float | None = ...,
+        kernel: _builtins.str = ...,
+        bin_seeding: _builtins.bool = ...,
+        min_bin_freq: _builtins.int = ...,
+        cluster_all: _builtins.bool | None = ...,
+        max_iter: _builtins.int = ...,
+        max_seeds: _builtins.int | None = ...,
+        representatives: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bandwidth", b"_bandwidth", "_cluster_all", b"_cluster_all", "_max_seeds", b"_max_seeds", "bandwidth", b"bandwidth", "cluster_all", b"cluster_all", "max_seeds", b"max_seeds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bandwidth", b"_bandwidth", "_cluster_all", b"_cluster_all", "_max_seeds", b"_max_seeds", "bandwidth", b"bandwidth", "bin_seeding", b"bin_seeding", "cluster_all", b"cluster_all", "collection", b"collection", "filter", b"filter", "kernel", b"kernel", "max_iter", b"max_iter", "max_seeds", b"max_seeds", "min_bin_freq", b"min_bin_freq", "page_size", b"page_size", "page_token", b"page_token", "representatives", b"representatives"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bandwidth: _TypeAlias = _typing.Literal["bandwidth"]  # noqa: Y015
+    _WhichOneofArgType__bandwidth: _TypeAlias = _typing.Literal["_bandwidth", b"_bandwidth"]  # noqa: Y015
+    _WhichOneofReturnType__cluster_all: _TypeAlias = _typing.Literal["cluster_all"]  # noqa: Y015
+    _WhichOneofArgType__cluster_all: _TypeAlias = _typing.Literal["_cluster_all", b"_cluster_all"]  # noqa: Y015
+    _WhichOneofReturnType__max_seeds: _TypeAlias = _typing.Literal["max_seeds"]  # noqa: Y015
+    _WhichOneofArgType__max_seeds: _TypeAlias = _typing.Literal["_max_seeds", b"_max_seeds"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bandwidth) -> _WhichOneofReturnType__bandwidth | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cluster_all) -> _WhichOneofReturnType__cluster_all | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_seeds) -> _WhichOneofReturnType__max_seeds | None: ...
+
+Global___ClusterRequest: _TypeAlias = ClusterRequest  # noqa: Y015
+
+@_typing.final
+class Cluster(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CENTER_FIELD_NUMBER: _builtins.int
+    REPRESENTATIVES_FIELD_NUMBER: _builtins.int
+    label: _builtins.int
+    size: _builtins.int
+    center: _builtins.bytes
+    """packed little-endian float32, (dim,); in the index's space (unit for cosine)"""
+    @_builtins.property
+    def representatives(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """member ids nearest the centre, nearest first"""
+
+    def __init__(
+        self,
+        *,
+        label: _builtins.int = ...,
+        size: _builtins.int = ...,
+        center: _builtins.bytes = ...,
+        representatives: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["center", b"center", "label", b"label", "representatives", b"representatives", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Cluster: _TypeAlias = Cluster  # noqa: Y015
+
+@_typing.final
+class ClusterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTERS_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_FIELD_NUMBER: _builtins.int
+    N_ITER_FIELD_NUMBER: _builtins.int
+    N_POINTS_FIELD_NUMBER: _builtins.int
+    MEMBER_IDS_FIELD_NUMBER: _builtins.int
+    MEMBER_LABELS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    bandwidth: _builtins.float
+    """the bandwidth used"""
+    n_iter: _builtins.int
+    n_points: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def clusters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Cluster]:
+        """most populated first"""
+
+    @_builtins.property
+    def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """this page of members"""
+
+    @_builtins.property
+    def member_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """their cluster labels (-1: none within reach, with cluster_all=false)"""
+
+    def __init__(
+        self,
+        *,
+        clusters: _abc.Iterable[Global___Cluster] | None = ...,
+        bandwidth: _builtins.float = ...,
+        n_iter: _builtins.int = ...,
+        n_points: _builtins.int = ...,
+        member_ids: _abc.Iterable[_builtins.str] | None = ...,
+        member_labels: _abc.Iterable[_builtins.int] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth", b"bandwidth", "clusters", b"clusters", "member_ids", b"member_ids", "member_labels", b"member_labels", "n_iter", b"n_iter", "n_points", b"n_points", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterResponse: _TypeAlias = ClusterResponse  # noqa: Y015

@@ -79,6 +79,11 @@ class SimdexStub:
                 request_serializer=simdex_dot_proto_dot_simdex__pb2.SearchRequest.SerializeToString,
                 response_deserializer=simdex_dot_proto_dot_simdex__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.Cluster = channel.unary_unary(
+                '/simdex.v1.Simdex/Cluster',
+                request_serializer=simdex_dot_proto_dot_simdex__pb2.ClusterRequest.SerializeToString,
+                response_deserializer=simdex_dot_proto_dot_simdex__pb2.ClusterResponse.FromString,
+                _registered_method=True)
 
 
 class SimdexServicer:
@@ -138,6 +143,12 @@ class SimdexServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cluster(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SimdexServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +196,11 @@ def add_SimdexServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=simdex_dot_proto_dot_simdex__pb2.SearchRequest.FromString,
                     response_serializer=simdex_dot_proto_dot_simdex__pb2.SearchResponse.SerializeToString,
+            ),
+            'Cluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cluster,
+                    request_deserializer=simdex_dot_proto_dot_simdex__pb2.ClusterRequest.FromString,
+                    response_serializer=simdex_dot_proto_dot_simdex__pb2.ClusterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +446,33 @@ class Simdex:
             '/simdex.v1.Simdex/Search',
             simdex_dot_proto_dot_simdex__pb2.SearchRequest.SerializeToString,
             simdex_dot_proto_dot_simdex__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simdex.v1.Simdex/Cluster',
+            simdex_dot_proto_dot_simdex__pb2.ClusterRequest.SerializeToString,
+            simdex_dot_proto_dot_simdex__pb2.ClusterResponse.FromString,
             options,
             channel_credentials,
             insecure,

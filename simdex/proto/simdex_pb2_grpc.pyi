@@ -40,6 +40,7 @@ class SimdexStub:
     Get: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.GetRequest, _simdex_pb2.GetResponse]
     Count: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.CountRequest, _simdex_pb2.CountResponse]
     Search: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.SearchRequest, _simdex_pb2.SearchResponse]
+    Cluster: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.ClusterRequest, _simdex_pb2.ClusterResponse]
 
 @_typing.type_check_only
 class SimdexAsyncStub(SimdexStub):
@@ -53,6 +54,7 @@ class SimdexAsyncStub(SimdexStub):
     Get: _aio.UnaryUnaryMultiCallable[_simdex_pb2.GetRequest, _simdex_pb2.GetResponse]  # type: ignore[assignment]
     Count: _aio.UnaryUnaryMultiCallable[_simdex_pb2.CountRequest, _simdex_pb2.CountResponse]  # type: ignore[assignment]
     Search: _aio.UnaryUnaryMultiCallable[_simdex_pb2.SearchRequest, _simdex_pb2.SearchResponse]  # type: ignore[assignment]
+    Cluster: _aio.UnaryUnaryMultiCallable[_simdex_pb2.ClusterRequest, _simdex_pb2.ClusterResponse]  # type: ignore[assignment]
 
 class SimdexServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -117,5 +119,12 @@ class SimdexServicer(metaclass=_abc_1.ABCMeta):
         request: _simdex_pb2.SearchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_simdex_pb2.SearchResponse, _abc.Awaitable[_simdex_pb2.SearchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Cluster(
+        self,
+        request: _simdex_pb2.ClusterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_simdex_pb2.ClusterResponse, _abc.Awaitable[_simdex_pb2.ClusterResponse]]: ...
 
 def add_SimdexServicer_to_server(servicer: SimdexServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -8,6 +8,7 @@ import numpy as np
 
 from simdex.errors import InvalidArgument, ResourceExhausted
 from simdex.index.ann import Params
+from simdex.index.clustering import DEFAULT_REPRESENTATIVES, ClusterSpec
 from simdex.index.service import Simdex, encode_token
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
@@ -133,3 +134,26 @@ class SimdexServicer(pb_grpc.SimdexServicer):
             if h.next_offset is not None:
                 qh.next_page_token = encode_token(h.next_offset)
         return self._fits(resp, "Search")
+
+    @grpc_errors
+    def Cluster(self, request, context):
+        spec = ClusterSpec(
+            filter=request.filter,
+            bandwidth=request.bandwidth if request.HasField("bandwidth") else None,
+            kernel=request.kernel or "flat",
+            bin_seeding=request.bin_seeding,
+            min_bin_freq=request.min_bin_freq or 1,
+            cluster_all=request.cluster_all if request.HasField("cluster_all") else True,
+            max_iter=request.max_iter or 300,
+            max_seeds=(request.max_seeds or None) if request.HasField("max_seeds") else 1000,
+            representatives=request.representatives or DEFAULT_REPRESENTATIVES,
+        )
+        result, start, end, token = self.service.cluster(request.collection, spec, request.page_size,
+                                                         request.page_token)
+        resp = pb.ClusterResponse(bandwidth=result.bandwidth, n_iter=result.n_iter, n_points=len(result.ids),
+                                  member_ids=result.ids[start:end], member_labels=result.labels[start:end].tolist(),
+                                  next_page_token=token)
+        for c in result.clusters:
+            resp.clusters.add(label=c.label, size=c.size, center=np.asarray(c.center, dtype="<f4").tobytes(),
+                              representatives=c.representatives)
+        return self._fits(resp, "Cluster")

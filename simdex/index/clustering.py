@@ -1,0 +1,148 @@
+"""Mean shift over a collection's stored vectors: the job behind the Cluster RPC.
+
+The vectors come from the database (the source of truth), optionally restricted by a metadata filter; cosine
+collections are clustered as unit vectors, like their index. Results are kept for a few recent requests so that
+member labels can be paged without clustering again; a page token names the collection sequence number it was
+computed at, and a later page of a changed collection is refused rather than silently mixed.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from simdex.errors import FailedPrecondition, InvalidArgument
+from simdex.index import filters
+from simdex.index.backend import faiss
+from simdex.index.collection import Collection
+from simdex.index.meanshift import MeanShift
+from simdex.index.store import Store
+
+DEFAULT_PAGE = 10_000
+DEFAULT_REPRESENTATIVES = 5
+CACHED_RESULTS = 4
+CHUNK = 65_536
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    filter: str = ""
+    bandwidth: float | None = None
+    kernel: str = "flat"
+    bin_seeding: bool = False
+    min_bin_freq: int = 1
+    cluster_all: bool = True
+    max_iter: int = 300
+    max_seeds: int | None = 1000
+    representatives: int = DEFAULT_REPRESENTATIVES
+
+
+@dataclass
+class ClusterSummary:
+    label: int
+    size: int
+    center: np.ndarray            # (d,) float32
+    representatives: list[str]
+
+
+@dataclass
+class Clustering:
+    seq: int
+    clusters: list[ClusterSummary]
+    bandwidth: float
+    n_iter: int
+    ids: list[str]                # every clustered item
+    labels: np.ndarray            # (n,) int32, -1 for none
+
+
+def _token(seq: int, offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"seq": seq, "offset": offset}).encode()).decode()
+
+
+def _untoken(token: str) -> tuple[int, int]:
+    try:
+        t = json.loads(base64.urlsafe_b64decode(token.encode()))
+        seq, offset = t["seq"], t["offset"]
+        if not (isinstance(seq, int) and isinstance(offset, int) and seq >= 0 and offset >= 0):
+            raise ValueError
+        return seq, offset
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument("page_token is not one this server issued for Cluster") from None
+
+
+def representatives(X: np.ndarray, centers: np.ndarray, labels: np.ndarray, r: int) -> list[np.ndarray]:
+    """Row indices of the r members nearest each centre (nearest first), one array per cluster."""
+    d2 = np.full(len(X), np.inf, dtype=np.float32)
+    for i in range(0, len(X), CHUNK):
+        lab = labels[i:i + CHUNK]
+        ok = lab >= 0
+        diff = X[i:i + CHUNK][ok] - centers[lab[ok]]
+        d2[i:i + CHUNK][ok] = np.einsum("ij,ij->i", diff, diff)
+    order = np.lexsort((d2, labels))          # by cluster, then distance
+    starts = np.searchsorted(labels[order], np.arange(len(centers)))
+    return [order[s:s + r] for s in starts]
+
+
+def run(col: Collection, store: Store, spec: ClusterSpec) -> Clustering:
+    info = col.info
+    with col.write_lock:  # the rows and the sequence number they are at agree
+        seq = col.seq
+        iids, ext = store.live(info.id)
+    conds = filters.parse(spec.filter)
+    if conds:
+        keep = np.isin(iids, store.filter_iids(info.id, conds))
+        iids, ext = iids[keep], [e for e, k in zip(ext, keep) if k]
+    if not len(iids):
+        raise FailedPrecondition(f"collection {info.name!r} has no items{' matching the filter' if conds else ''}"
+                                 " to cluster")
+    X = store.vectors(info.id, info.dim, iids)
+    if info.metric == "cosine":
+        faiss.normalize_L2(X)
+    ms = MeanShift(bandwidth=spec.bandwidth, kernel=spec.kernel, bin_seeding=spec.bin_seeding,
+                   min_bin_freq=spec.min_bin_freq, cluster_all=spec.cluster_all, max_iter=spec.max_iter,
+                   max_seeds=spec.max_seeds).fit(X)
+    labels = ms.labels_.astype(np.int32)
+    centers = ms.cluster_centers_
+    sizes = np.bincount(labels[labels >= 0], minlength=len(centers))
+    reps = representatives(X, centers, labels, spec.representatives)
+    clusters = [ClusterSummary(c, int(sizes[c]), centers[c], [ext[j] for j in reps[c]]) for c in range(len(centers))]
+    clusters.sort(key=lambda c: -c.size)
+    return Clustering(seq, clusters, float(ms.bandwidth_), int(ms.n_iter_), ext, labels)
+
+
+class ClusterJobs:
+    """Runs clusterings and keeps the last few, keyed by collection and request, for paging."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._done: OrderedDict = OrderedDict()
+
+    def cluster(self, col: Collection, store: Store, spec: ClusterSpec, page_size: int = 0, page_token: str = ""):
+        """-> (Clustering, page offset, page end, next page token or "")."""
+        size = page_size or DEFAULT_PAGE
+        if not 1 <= size <= 1_000_000:
+            raise InvalidArgument(f"page_size must be in 1..1000000, got {page_size}")
+        key = (col.info.id, json.dumps(asdict(spec), sort_keys=True))
+        offset = 0
+        with self._lock:
+            result = self._done.get(key)
+        if page_token:
+            seq, offset = _untoken(page_token)
+            if seq != col.seq:
+                raise FailedPrecondition(f"collection {col.name!r} changed since the first page (seq {seq} -> "
+                                         f"{col.seq}); start the clustering again")
+            if result is None or result.seq != seq:
+                result = None
+        if result is None or result.seq != col.seq:
+            result = run(col, store, spec)
+            with self._lock:
+                self._done[key] = result
+                self._done.move_to_end(key)
+                while len(self._done) > CACHED_RESULTS:
+                    self._done.popitem(last=False)
+        end = min(offset + size, len(result.ids))
+        return result, offset, end, _token(result.seq, end) if end < len(result.ids) else ""

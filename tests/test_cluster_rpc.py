@@ -1,0 +1,111 @@
+"""Cluster over gRPC and in-process: mean shift of a collection, paging, filters, errors, and the CLI plot."""
+import functools
+import json
+
+import numpy as np
+import pytest
+from sklearn.cluster import MeanShift as SkMeanShift
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+
+from simdex import clients
+from simdex.clients import cli
+
+
+@pytest.fixture
+def blobs():
+    X, y = make_blobs(n_samples=3000, n_features=4, centers=6, cluster_std=0.8, random_state=3)
+    return X.astype(np.float32), y
+
+
+@functools.lru_cache(maxsize=None)
+def sklearn_labels(bandwidth: float, cluster_all: bool) -> np.ndarray:
+    """scikit-learn's labels for the blobs (slow: computed once for both client transports)."""
+    X, _ = make_blobs(n_samples=3000, n_features=4, centers=6, cluster_std=0.8, random_state=3)
+    return SkMeanShift(bandwidth=bandwidth, cluster_all=cluster_all).fit(X.astype(np.float32)).labels_
+
+
+def fill(c, X, y, name="b"):
+    c.create_collection(name, dim=X.shape[1])
+    c.upsert(name, [f"p{i}" for i in range(len(X))], X, [{"y": int(v), "half": i % 2} for i, v in enumerate(y)])
+
+
+def test_cluster_agrees_with_scikit_learn_and_pages_every_member(client, blobs):
+    X, y = blobs
+    fill(client, X, y)
+    r = client.cluster("b", bandwidth=2.5, page_size=700)   # 5 pages of member labels
+    sk_labels = sklearn_labels(2.5, True)
+    assert len(r.ids) == 3000 and sorted(r.ids) == sorted(f"p{i}" for i in range(3000))
+    order = [int(i[1:]) for i in r.ids]
+    assert adjusted_rand_score(sk_labels[order], r.labels) >= 0.99
+    assert len(r.clusters) == len(set(sk_labels.tolist()))
+    assert sum(c.size for c in r.clusters) == 3000
+    assert [c.size for c in r.clusters] == sorted((c.size for c in r.clusters), reverse=True)
+    for c in r.clusters:
+        members = set(r.members(c.label))
+        assert len(members) == c.size
+        assert c.representatives and set(c.representatives) <= members
+        # the first representative is the member nearest the centre
+        M = X[[int(i[1:]) for i in members]]
+        nearest = min(members, key=lambda i: float(((X[int(i[1:])] - c.center) ** 2).sum()))
+        assert c.representatives[0] == nearest
+        np.testing.assert_allclose(c.center, M.mean(axis=0), atol=0.5)
+
+
+def test_cluster_of_a_filtered_subset(client, blobs):
+    X, y = blobs
+    fill(client, X, y)
+    r = client.cluster("b", bandwidth=2.5, filter={"half": 1})
+    assert len(r.ids) == 1500 and all(int(i[1:]) % 2 == 1 for i in r.ids)
+
+
+def test_estimated_bandwidth_and_cluster_all_false(client, blobs):
+    X, y = blobs
+    fill(client, X, y)
+    from sklearn.cluster import estimate_bandwidth
+
+    r = client.cluster("b", cluster_all=False, bandwidth=None)
+    sk_bw = estimate_bandwidth(X, quantile=0.3)
+    assert abs(r.bandwidth - sk_bw) <= 0.1 * sk_bw
+    order = [int(i[1:]) for i in r.ids]
+    assert adjusted_rand_score(sklearn_labels(float(sk_bw), False)[order], r.labels) >= 0.95
+
+
+def test_cluster_errors(client, blobs):
+    X, y = blobs
+    with pytest.raises(clients.NotFound, match="'nope'"):
+        client.cluster("nope", bandwidth=1.0)
+    client.create_collection("empty", dim=4)
+    with pytest.raises(clients.FailedPrecondition, match="no items"):
+        client.cluster("empty", bandwidth=1.0)
+    fill(client, X, y)
+    with pytest.raises(clients.InvalidArgument, match="kernel"):
+        client.cluster("b", bandwidth=1.0, kernel="epanechnikov")
+    with pytest.raises(clients.InvalidArgument, match="bandwidth"):
+        client.cluster("b", bandwidth=-1.0)
+
+
+def test_a_page_after_the_collection_changed_is_refused(remote, blobs):
+    from simdex.proto import simdex_pb2 as pb
+
+    X, y = blobs
+    fill(remote, X, y)
+    first = remote.stub.Cluster(pb.ClusterRequest(collection="b", bandwidth=2.5, page_size=1000))
+    assert first.next_page_token and len(first.member_ids) == 1000
+    remote.upsert("b", ["new"], X[:1])
+    with pytest.raises(clients.FailedPrecondition, match="changed since the first page"):
+        remote._call(remote.stub.Cluster, pb.ClusterRequest(collection="b", bandwidth=2.5, page_size=1000,
+                                                            page_token=first.next_page_token))
+
+
+def test_cli_cluster_writes_summary_labels_and_a_plot(server, remote, blobs, tmp_path, capsys):
+    X, y = blobs
+    fill(remote, X, y)
+    png, labels = tmp_path / "c.png", tmp_path / "labels.jsonl"
+    assert cli.main(["cluster", "b", "--bandwidth", "2.5", "--plot", str(png), "--labels", str(labels),
+                     "--plot-points", "1000", "--target", server.target]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n_points"] == 3000 and len(summary["clusters"]) >= 6
+    rows = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert len(rows) == 3000 and {r["cluster"] for r in rows} == {c["label"] for c in summary["clusters"]}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
