@@ -45,3 +45,30 @@ def test_an_error_reaches_every_caller_of_that_call():
 
     with pytest.raises(RuntimeError, match="exploded"):
         SearchBatcher(run).search(np.zeros((1, 2), np.float32), 1, None)
+
+
+@pytest.mark.parametrize("desc, stacks", [("Flat", True), ("IVF4,Flat", True), ("HNSW16", False),
+                                          ("HNSW16,Flat", False), ("PCA8,HNSW16", False), ("HNSW16_PQ4", False)])
+def test_graph_kinds_search_single_queries_without_the_batcher(desc, stacks):
+    """A stacked HNSW call runs the same per-query graph walks one after another: only kinds that can share work
+    between stacked queries go through the batcher (results are the same either way)."""
+    from simdex.index.ann import _is_graph, make_faiss_index
+
+    assert _is_graph(make_faiss_index(16, "l2", desc)) is not stacks
+
+
+def test_a_graph_collection_answers_single_queries_directly(sqlite_service):
+    s = sqlite_service
+    rng = np.random.default_rng(3)
+    xb = rng.standard_normal((200, 8)).astype(np.float32)
+    s.create_collection("g", 8, "l2", "HNSW16")
+    s.upsert("g", [f"g{i}" for i in range(len(xb))], xb)
+    col = s._cols["g"]
+    assert not col.ann.stacks
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the batcher was used")
+
+    col.batcher.search = boom
+    hits, _ = s.search("g", xb[:3], 1)
+    assert [h.ids for h in hits] == [["g0"], ["g1"], ["g2"]]

@@ -424,7 +424,7 @@ def test_cli_round_trip(procs, tmp_path):
     created = json.loads(cli("collections", "create", "c", "--dim", "8").stdout)
     assert (created["name"], created["dim"], created["metric"], created["index"]) == ("c", 8, "l2", "Flat")
     out = cli("upsert", "c", "vecs.npy", "--ids", "ids.txt", "--metadata", "meta.jsonl", "--chunk", "128")
-    assert json.loads(out.stdout) == {"upserted": 300}
+    assert json.loads(out.stdout) == {"upserted": 300, "skipped": 0}
 
     rows = [json.loads(line) for line in cli("search", "c", "q.npy", "-k", "3").stdout.splitlines()]
     D, I = oracle(xb, xq, 3)

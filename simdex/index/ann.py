@@ -94,6 +94,15 @@ def _walk_params(index, p: Params, sel, keep: list):
     return out
 
 
+def _is_graph(index) -> bool:
+    """HNSW kinds (also under a pre-transform or refinement): every query walks the graph on its own."""
+    if isinstance(index, faiss.IndexRefine):
+        return _is_graph(faiss.downcast_index(index.base_index))
+    if isinstance(index, faiss.IndexPreTransform):
+        return _is_graph(faiss.downcast_index(index.index))
+    return isinstance(index, faiss.IndexHNSW)
+
+
 class AnnIndex:
     """One collection's FAISS index. Thread-safe: searches share the index lock, changes hold it alone."""
 
@@ -128,6 +137,14 @@ class AnnIndex:
 
     def ready_to_train(self) -> bool:
         return not self.trained and self.n_live >= self.min_train
+
+    @property
+    def stacks(self) -> bool:
+        """Whether stacking concurrent single queries into one FAISS call can share work. Not for graph kinds:
+        there a stacked call runs the same per-query searches one after another on one thread, and only adds the
+        hand-offs between the callers (measured in-process, HNSW32, 8 threads: +45-70 us CPU and +2.5 context
+        switches per query)."""
+        return not _is_graph(self.index)
 
     def iids(self) -> np.ndarray:
         return self._pos_iid[: self.ntotal][self._live[: self.ntotal]]

@@ -168,7 +168,7 @@ class Collection:
             allowed = ann.mask_of(match)
         if radius is not None:
             return [Hits(ann.ext_ids(p.tolist()), d, ann.iids_at(p)) for d, p in ann.range(xq, radius, params, allowed)]
-        if allowed is None and len(xq) < SMALL_BATCH:
+        if allowed is None and len(xq) < SMALL_BATCH and ann.stacks:
             D, P = self.batcher.search(xq, k, (ann, params))
         else:
             D, P = ann.knn(xq, k, params, allowed)
