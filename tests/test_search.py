@@ -152,3 +152,16 @@ def test_restrictive_filter_on_a_graph_index_still_finds_k(sqlite_service):
     assert all(len(h.ids) == 6 and set(h.ids) == {f"g{i}" for i in range(0, n, 1500)} for h in hits)
     hits, _ = s.search("hn", xb[:5], 10, filter={"bucket": 1})
     assert all(len(h.ids) == 10 and all(int(i[1:]) % 2 == 1 for i in h.ids) for h in hits)
+
+
+@pytest.mark.parametrize("desc", ["PQ16", "IVF64,PQ16", "PQ16,RFlat", "PCA16,IVF64,PQ8"])
+def test_pq_kinds_skip_polysemous_training(desc):
+    """index_factory turns polysemous training on; simdex never uses it and it was most of PQ training time."""
+    import faiss
+
+    from simdex.index.ann import make_faiss_index
+
+    index = make_faiss_index(32, "l2", desc)
+    while isinstance(index, (faiss.IndexRefine, faiss.IndexPreTransform)):
+        index = faiss.downcast_index(index.base_index if isinstance(index, faiss.IndexRefine) else index.index)
+    assert index.do_polysemous_training is False
