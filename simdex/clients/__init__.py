@@ -5,7 +5,9 @@ Needs only grpcio, protobuf and numpy (the in-process mode needs the server extr
 from __future__ import annotations
 
 from simdex.clients.remote import RemoteClient
-from simdex.clients.types import Cluster, ClusterResult, CollectionInfo, Item, SearchResult
+from simdex.clients.types import (
+    Cluster, ClusterResult, CollectionInfo, HeadInfo, Item, Prediction, SearchResult,
+)
 from simdex.errors import (
     AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound, PermissionDenied,
     ResourceExhausted, SimdexError, Unauthenticated, Unavailable,
@@ -24,7 +26,8 @@ class Client(RemoteClient):
 
 
 __all__ = [
-    "Client", "Cluster", "ClusterResult", "CollectionInfo", "Item", "SearchResult", "SimdexError", "AlreadyExists", "DeadlineExceeded",
+    "Client", "Cluster", "ClusterResult", "CollectionInfo", "HeadInfo", "Item", "Prediction", "SearchResult",
+    "SimdexError", "AlreadyExists", "DeadlineExceeded",
     "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted",
     "Unauthenticated", "Unavailable",
 ]

@@ -11,7 +11,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from simdex.errors import InvalidArgument, ResourceExhausted
-from simdex.clients.types import ClusterResult, CollectionInfo, Item, SearchResult
+from simdex.clients.types import ClusterResult, CollectionInfo, HeadInfo, Item, Prediction, SearchResult
+from simdex.errors import FailedPrecondition
 from simdex.metrics import worst
 from simdex.wire import as_matrix
 
@@ -135,13 +136,15 @@ class ClientBase:
 
     def search(self, collection: str, queries, k: int = 10, *, radius: float | None = None,
                filter: dict | str | None = None, params: dict | None = None,  # noqa: A002
-               include_metadata: bool = False, page_size: int = 0) -> SearchResult:
+               include_metadata: bool = False, page_size: int = 0, head: str | None = None) -> SearchResult:
         """Nearest neighbours of each row of (nq, d) float32 `queries`.
 
         k-NN by default; with `radius`, every hit within it (l2: squared distance < radius; ip/cosine:
         similarity > radius), fetched page by page. `filter` restricts hits by metadata
         ({"modality": "CT"}, {"age": {"$gte": 40}}, {"site": {"$in": [...]}}, {"f": {"$ne": x}}).
         `params`: {"nprobe": int, "efSearch": int, "k_factor": int} for IVF / HNSW / RFlat kinds.
+        `head`: a projection head whose target is `collection`; `queries` are then (nq, head dim) vectors of the
+        head's source collection, projected on the server before the search.
         """
         info = self._cached(collection)
         xq = np.asarray(queries)
@@ -153,7 +156,7 @@ class ClientBase:
         sp = (int(p.get("nprobe", 0)), int(p.get("efSearch", p.get("ef_search", 0))), int(p.get("k_factor", 0)))
         ftext = _filter_text(filter)
         if radius is not None:
-            return self._range(collection, xq, float(radius), ftext, sp, include_metadata, page_size)
+            return self._range(collection, xq, float(radius), ftext, sp, include_metadata, page_size, head or "")
         per = max(1, min(self._budget // (4 * xq.shape[1] + PER_ROW_OVERHEAD),
                          self._budget // max(1, k * (PER_ROW_OVERHEAD + (4096 if include_metadata else 0)))))
         ids: list[list[str]] = []
@@ -162,7 +165,8 @@ class ClientBase:
         row = 0
         for i in range(0, len(xq), per):
             part = self._shrinking(
-                lambda q: self._search(collection, q, k, None, ftext, sp, include_metadata, 0, ""), xq[i:i + per])
+                lambda q: self._search(collection, q, k, None, ftext, sp, include_metadata, 0, "", head or ""),
+                xq[i:i + per])
             for hit_ids, dist, meta, _ in part:
                 ids.append(hit_ids)
                 D[row, : len(dist)] = dist
@@ -170,13 +174,13 @@ class ClientBase:
                 row += 1
         return SearchResult(ids, D, metas if include_metadata else None)
 
-    def _range(self, collection, xq, radius, ftext, sp, include_metadata, page_size) -> SearchResult:
+    def _range(self, collection, xq, radius, ftext, sp, include_metadata, page_size, head="") -> SearchResult:
         ids, dists, metas = [], [], []
         for q in xq:
             token, qi, qd, qm = "", [], [], []
             while True:
                 (hit_ids, dist, meta, token), = self._search(
-                    collection, q[None], 0, radius, ftext, sp, include_metadata, page_size, token)
+                    collection, q[None], 0, radius, ftext, sp, include_metadata, page_size, token, head)
                 qi.extend(hit_ids)
                 qd.append(dist)
                 qm.extend(meta)
@@ -207,6 +211,70 @@ class ClientBase:
             if not token:
                 return ClusterResult(clusters, ids, np.asarray(labels, dtype=np.int32), bw, n_iter)
 
+    # ---- heads -------------------------------------------------------------------------------------------
+    def train_head(self, collection: str, head: str, *, kind: str = "logistic", label_field: str | None = None,
+                   labels: dict | None = None, filter: dict | str | None = None,  # noqa: A002
+                   test_fraction: float = 0.2, balanced: bool = False, target_collection: str | None = None,
+                   **params) -> HeadInfo:
+        """Train (or retrain: a new version) head `head` on the stored vectors of `collection`; the report.
+
+        Classifiers (kind "logistic": scikit-learn LogisticRegression, C=1.0; "torch-logistic": a torch linear
+        layer in mini-batches) learn labels from metadata field `label_field` or from `labels` {id: label}.
+        Projection heads (kind "projection") map `collection`'s space into `target_collection`'s by ridge
+        regression over the ids both hold. `test_fraction` of the items is held out (stratified, seeded) for
+        `report.metrics`. `params`: estimator parameters (C, max_iter, solver, epochs, batch_size, lr, device,
+        alpha, seed)."""
+        plain = lambda v: v.item() if isinstance(v, np.generic) else v  # noqa: E731 - numpy scalars -> JSON values
+        if labels is not None:
+            labels = {str(k): plain(v) for k, v in dict(labels).items()}
+        params = {k: plain(v) for k, v in params.items()}
+        spec = {"collection": collection, "head": head, "kind": kind, "label_field": label_field or "",
+                "labels": labels, "filter": _filter_text(filter), "test_fraction": float(test_fraction),
+                "balanced": bool(balanced), "target_collection": target_collection or "", "params": params}
+        return self._train_head(spec)
+
+    def get_head(self, name: str) -> HeadInfo:
+        """The latest version of head `name`: kind, collection, classes, metrics, trained_on, fingerprint."""
+        return self._get_head(name)
+
+    def list_heads(self, collection: str | None = None) -> list[HeadInfo]:
+        return self._list_heads(collection or "")
+
+    def delete_head(self, name: str) -> int:
+        """Delete every version of head `name`. Returns how many versions were deleted."""
+        return self._delete_head(name)
+
+    def predict(self, head: str, *, ids: Sequence[str] | None = None, vectors=None, images=None,
+                texts=None) -> Prediction:
+        """Run head `head` on items of its collection (`ids`) or on (n, dim) float32 `vectors` of its space.
+
+        Classifiers: `p.labels` (one per input, as stored: int stays int), `p.probabilities` (n, k) float32 in
+        `p.classes` order. Projection heads: `p.vectors` (n, out_dim) float32 in the target's space."""
+        if images is not None or texts is not None:  # the server says what raw inputs need
+            return self._predict(head, [], None, list(images or []), list(texts or []))
+        if (ids is None) == (vectors is None):
+            raise InvalidArgument("predict: give exactly one of ids or vectors")
+        info = self.get_head(head)
+        if ids is not None:
+            rows: Sequence = list(ids)
+            if not rows:
+                raise InvalidArgument("ids: empty batch; give at least one id")
+            per = self._budget // (4 * (info.dim + info.out_dim) + PER_ROW_OVERHEAD + max(map(len, rows)))
+            call = lambda part: [self._predict(head, part, None, [], [])]  # noqa: E731
+        else:
+            rows = as_matrix(vectors, "vectors", info.dim)
+            per = self._budget // (4 * (info.dim + info.out_dim) + PER_ROW_OVERHEAD)
+            call = lambda part: [self._predict(head, [], part, [], [])]  # noqa: E731
+        per = max(1, per)
+        parts = [p for i in range(0, len(rows), per) for p in self._shrinking(call, rows[i:i + per])]
+        if len({p.version for p in parts}) > 1:
+            raise FailedPrecondition(f"head {head!r} was retrained during this call; predict again")
+        first = parts[0]
+        if first.vectors is not None:
+            return Prediction(first.classes, None, None, np.concatenate([p.vectors for p in parts]), first.version)
+        return Prediction(first.classes, [lab for p in parts for lab in p.labels],
+                          np.concatenate([p.probabilities for p in parts]), None, first.version)
+
     def _shrinking(self, call, rows) -> list:
         """Call with `rows`; when the answer is over the message limit, halve and retry."""
         try:
@@ -233,6 +301,13 @@ class ClientBase:
         """-> (clusters, bandwidth, n_iter, page ids, page labels, next token)."""
         raise NotImplementedError
 
-    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token) -> list:
+    def _train_head(self, spec: dict) -> HeadInfo: raise NotImplementedError
+    def _get_head(self, name) -> HeadInfo: raise NotImplementedError
+    def _list_heads(self, collection) -> list[HeadInfo]: raise NotImplementedError
+    def _delete_head(self, name) -> int: raise NotImplementedError
+    def _predict(self, head, ids, x, images, texts) -> Prediction: raise NotImplementedError
+
+    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token,
+                head="") -> list:
         """-> one (ids, (m,) float32 distances, metadata list, next_page_token) per query."""
         raise NotImplementedError

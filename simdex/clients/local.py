@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 from simdex.clients.base import ClientBase
-from simdex.clients.types import Cluster, CollectionInfo, Item
+from simdex.clients.types import Cluster, CollectionInfo, HeadInfo, Item, Prediction
 
 
 def _info(s) -> CollectionInfo:
     return CollectionInfo(s.name, s.dim, s.metric, s.index, s.count, s.trained, s.seq, s.created_unix_ms, s.embedder)
+
+
+def _head(r) -> HeadInfo:
+    return HeadInfo(r.name, r.collection, r.kind, r.version, list(r.classes), dict(r.metrics), r.created_unix_ms,
+                    r.trained_on, r.embedder_fingerprint, r.target_collection, r.dim, r.out_dim, dict(r.params))
 
 
 class LocalClient(ClientBase):
@@ -50,12 +55,13 @@ class LocalClient(ClientBase):
     def _count(self, name, filter_text):
         return self.service.count(name, filter_text)
 
-    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token):
+    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token, head=""):
         from simdex.index.ann import Params  # noqa: PLC0415
         from simdex.index.service import encode_token  # noqa: PLC0415
 
         hits, metas = self.service.search(name, xq, k, radius=radius, filter=filter_text, params=Params(*params),
-                                          page_size=page_size, page_token=token, include_metadata=include_metadata)
+                                          page_size=page_size, page_token=token, include_metadata=include_metadata,
+                                          head=head)
         return [(h.ids, h.distances, metas[i] if metas else [],
                  encode_token(h.next_offset) if h.next_offset is not None else "")
                 for i, h in enumerate(hits)]
@@ -68,3 +74,24 @@ class LocalClient(ClientBase):
         r, start, end, nxt = self.service.cluster(name, ClusterSpec(**spec), page_size, token)
         clusters = [Cluster(c.label, c.size, c.center.copy(), list(c.representatives)) for c in r.clusters]
         return clusters, r.bandwidth, r.n_iter, r.ids[start:end], r.labels[start:end].tolist(), nxt
+
+    def _train_head(self, spec):
+        from simdex.index.heads import HeadSpec  # noqa: PLC0415
+
+        return _head(self.service.train_head(HeadSpec(**spec)))
+
+    def _get_head(self, name):
+        return _head(self.service.get_head(name))
+
+    def _list_heads(self, collection):
+        return [_head(r) for r in self.service.list_heads(collection)]
+
+    def _delete_head(self, name):
+        return self.service.delete_head(name)
+
+    def _predict(self, head, ids, x, images, texts):
+        p = self.service.predict(head, ids, x, images, texts)
+        if p.projections is not None:
+            return Prediction([], None, None, p.projections, p.version)
+        classes = list(p.classes)
+        return Prediction(classes, [classes[i] for i in p.label_indices.tolist()], p.probabilities, None, p.version)

@@ -7,7 +7,7 @@ import grpc
 import numpy as np
 
 from simdex.clients.base import DEFAULT_MAX_MESSAGE_MB, ClientBase
-from simdex.clients.types import Cluster, CollectionInfo, Item
+from simdex.clients.types import Cluster, CollectionInfo, HeadInfo, Item, Prediction
 from simdex.errors import from_code
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
@@ -16,6 +16,12 @@ from simdex.wire import pack, unpack, unpack_floats
 
 def _info(c: pb.Collection) -> CollectionInfo:
     return CollectionInfo(c.name, c.dim, c.metric, c.index, c.count, c.trained, c.seq, c.created_unix_ms, c.embedder)
+
+
+def _head(h: pb.Head) -> HeadInfo:
+    return HeadInfo(h.name, h.collection, h.kind, h.version, [json.loads(c) for c in h.classes], json.loads(h.metrics),
+                    h.created_unix_ms, h.trained_on, h.embedder_fingerprint, h.target_collection, h.dim, h.out_dim,
+                    json.loads(h.params or "{}"))
 
 
 def _matrix(x: np.ndarray) -> pb.Matrix:
@@ -86,10 +92,10 @@ class RemoteClient(ClientBase):
     def _count(self, name, filter_text):
         return self._call(self.stub.Count, pb.CountRequest(collection=name, filter=filter_text)).count
 
-    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token):
+    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token, head=""):
         req = pb.SearchRequest(collection=name, queries=_matrix(xq), k=k, filter=filter_text,
                                params=pb.SearchParams(nprobe=params[0], ef_search=params[1], k_factor=params[2]),
-                               include_metadata=include_metadata, page_size=page_size, page_token=token)
+                               include_metadata=include_metadata, page_size=page_size, page_token=token, head=head)
         if radius is not None:
             req.radius = radius
         r = self._call(self.stub.Search, req)
@@ -108,3 +114,32 @@ class RemoteClient(ClientBase):
         clusters = [Cluster(c.label, c.size, unpack_floats(c.center).copy(), list(c.representatives))
                     for c in r.clusters]
         return clusters, r.bandwidth, r.n_iter, list(r.member_ids), list(r.member_labels), r.next_page_token
+
+    def _train_head(self, spec):
+        req = pb.TrainHeadRequest(
+            collection=spec["collection"], head=spec["head"], kind=spec["kind"], label_field=spec["label_field"],
+            labels=json.dumps(spec["labels"], ensure_ascii=False) if spec["labels"] is not None else "",
+            filter=spec["filter"], test_fraction=spec["test_fraction"], balanced=spec["balanced"],
+            target_collection=spec["target_collection"],
+            params=json.dumps(spec["params"]) if spec["params"] else "")
+        return _head(self._call(self.stub.TrainHead, req))
+
+    def _get_head(self, name):
+        return _head(self._call(self.stub.GetHead, pb.GetHeadRequest(name=name)))
+
+    def _list_heads(self, collection):
+        return [_head(h) for h in self._call(self.stub.ListHeads, pb.ListHeadsRequest(collection=collection)).heads]
+
+    def _delete_head(self, name):
+        return self._call(self.stub.DeleteHead, pb.DeleteHeadRequest(name=name)).versions
+
+    def _predict(self, head, ids, x, images, texts):
+        req = pb.PredictRequest(head=head, ids=ids, images=images, texts=texts)
+        if x is not None:
+            req.vectors.CopyFrom(_matrix(x))
+        r = self._call(self.stub.Predict, req)
+        if r.HasField("projections"):
+            return Prediction([], None, None, unpack(r.projections.data, r.projections.shape).copy(), r.version)
+        classes = [json.loads(c) for c in r.classes]
+        P = unpack(r.probabilities.data, r.probabilities.shape, "probabilities").copy()
+        return Prediction(classes, [classes[i] for i in r.label_indices], P, None, r.version)

@@ -60,3 +60,38 @@ class ClusterResult:
 
     def members(self, label: int) -> list[str]:
         return [i for i, lab in zip(self.ids, self.labels.tolist()) if lab == label]
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """A linear head (its latest version). metrics: held-out accuracy, macro_f1, confusion (rows true, columns
+    predicted, in classes order), n_train, n_test, n_unlabelled ... for classifiers; r2, mse, mean_cosine,
+    retrieval_top1 ... for projections."""
+    name: str
+    collection: str
+    kind: str                   # "logistic" | "torch-logistic" | "projection"
+    version: int
+    classes: list               # classifiers: label values (int stays int, str stays str), probability order
+    metrics: dict
+    created_unix_ms: int
+    trained_on: int
+    embedder_fingerprint: str
+    target_collection: str = ""
+    dim: int = 0                # input dimension
+    out_dim: int = 0            # number of classes, or the target collection's dimension
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    """classes: the head's label values; labels: one per input (classifiers); probabilities: (n, len(classes))
+    float32 in classes order; vectors: (n, out_dim) float32 projections (projection heads); version: the head
+    version that answered."""
+    classes: list
+    labels: list | None
+    probabilities: np.ndarray | None
+    vectors: np.ndarray | None
+    version: int
+
+    def __len__(self) -> int:
+        return len(self.vectors) if self.vectors is not None else len(self.labels or [])

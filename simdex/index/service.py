@@ -16,9 +16,11 @@ import numpy as np
 
 from simdex.errors import FailedPrecondition, InvalidArgument, NotFound
 from simdex.index import filters
-from simdex.index import clustering
+from simdex.index import clustering, heads
 from simdex.index.ann import Params, make_faiss_index
 from simdex.index.collection import Collection, Hits
+from simdex.index.headstore import HeadRecord, HeadStore
+from simdex.index.linear import project
 from simdex.index.store import CollectionInfo, Store, check_metadata, make_engine, migrate
 from simdex.wire import as_matrix, canonical_json, content_hash
 
@@ -94,6 +96,7 @@ class Simdex:
         self._lock = threading.Lock()
         self._cols: dict[str, Collection] = {}
         self._cluster_jobs = clustering.ClusterJobs()
+        self.heads = HeadStore(self.store)
         for info in self.store.list_collections():
             self._cols[info.name] = self._open(info)
         self._stop = threading.Event()
@@ -187,10 +190,13 @@ class Simdex:
 
     def search(self, name: str, queries, k: int = 10, *, radius: float | None = None, filter=None,  # noqa: A002
                params: Params = Params(), page_size: int = 0, page_token: str = "",
-               include_metadata: bool = False) -> tuple[list[Hits], list[list[dict]] | None]:
-        """k-NN or range search. Returns (one Hits per query, metadata per hit when asked)."""
+               include_metadata: bool = False, head: str = "") -> tuple[list[Hits], list[list[dict]] | None]:
+        """k-NN or range search. Returns (one Hits per query, metadata per hit when asked).
+
+        With `head`, a projection head into this collection: queries are (nq, head dim) in its source space."""
         col = self._col(name)
-        xq = as_matrix(queries, "queries", col.info.dim)
+        xq = self._through_head(head, name, queries) if head else queries
+        xq = as_matrix(xq, "queries", col.info.dim)
         spec = filters.parse(filter)
         for key, v in (("nprobe", params.nprobe), ("efSearch", params.ef_search), ("k_factor", params.k_factor)):
             if not isinstance(v, int) or v < 0 or v > 1_000_000:
@@ -227,6 +233,62 @@ class Simdex:
     def cluster(self, name: str, spec: clustering.ClusterSpec, page_size: int = 0, page_token: str = ""):
         """Mean shift over the collection (or its filtered items). -> (Clustering, start, end, next token)."""
         return self._cluster_jobs.cluster(self._col(name), self.store, spec, page_size, page_token)
+
+    # ---- heads (simdex.index.heads) --------------------------------------------------------------------------
+    def train_head(self, spec: heads.HeadSpec) -> HeadRecord:
+        """Train and store a new version of head `spec.head` (the old version serves until it is committed)."""
+        spec = heads.check_spec(spec)
+        col = self._col(spec.collection)
+        fp = self.store.embedder_fingerprint(col.info.id)
+        target = self._col(spec.target_collection) if spec.kind == "projection" else None
+        self.heads.check_free(HeadRecord(spec.head, col.name, spec.kind, [], {}, {}, 0, fp, 0, 0,
+                                         collection_id=col.info.id, target_id=target.info.id if target else None))
+        if target is not None:
+            rec = heads.train_projection(col, target, self.store, spec,
+                                         (fp, self.store.embedder_fingerprint(target.info.id)))
+        else:
+            rec = heads.train_classifier(col, self.store, spec, fp)
+        rec = self.heads.save(rec)
+        LOG.info("head %s v%d (%s on %s) trained: %s", rec.name, rec.version, rec.kind, rec.collection,
+                 {k: v for k, v in rec.metrics.items() if k != "confusion"})
+        return rec
+
+    def get_head(self, name: str) -> HeadRecord:
+        return self.heads.get(heads.check_head_name(name))
+
+    def list_heads(self, collection: str = "") -> list[HeadRecord]:
+        return self.heads.list(self._col(collection).info.id if collection else None)
+
+    def delete_head(self, name: str) -> int:
+        return self.heads.delete(heads.check_head_name(name))
+
+    def predict(self, name: str, ids=None, vectors=None, images=(), texts=()) -> heads.Prediction:
+        """Run the latest version of head `name` on items of its collection (`ids`) or (n, dim) float32 `vectors`."""
+        rec = self.heads.get(heads.check_head_name(name), with_weights=True)
+        if images or texts:
+            raise FailedPrecondition(
+                f"head {name!r}: raw inputs (images, texts) need an embedder-backed collection, and collection "
+                f"{rec.collection!r} stores plain vectors (embedders are not available yet); send vectors or ids")
+        ids = list(ids or [])
+        if bool(ids) == (vectors is not None):
+            raise InvalidArgument("predict: give exactly one of ids or vectors")
+        heads.check_fresh(rec, self.store)
+        if ids:
+            col = self._col(rec.collection)
+            X = np.stack([r.vector for r in self.store.get(col.info.id, col.info.dim, check_ids(ids, unique=False))])
+        else:
+            X = as_matrix(vectors, "vectors", rec.dim)
+        return heads.apply(rec, X)
+
+    def _through_head(self, head: str, collection: str, queries) -> np.ndarray:
+        rec = self.heads.get(heads.check_head_name(head), with_weights=True)
+        if rec.kind != "projection":
+            raise InvalidArgument(f"head {head!r} is a {rec.kind} head; searching through a head needs a projection")
+        if rec.target_collection != collection:
+            raise InvalidArgument(f"head {head!r} maps {rec.collection!r} into {rec.target_collection!r}, "
+                                  f"not into {collection!r}")
+        heads.check_fresh(rec, self.store)
+        return project(as_matrix(queries, "queries", rec.dim), rec.coef, rec.intercept)
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def snapshot(self) -> int:

@@ -68,6 +68,33 @@ class ItemRow(Base):
     )
 
 
+class HeadRow(Base):
+    """One version of a linear head. Weights are packed little-endian float32 arrays (never pickles): `weights`
+    holds the arrays of `shapes` one after the other, e.g. W (out, dim) then b (out,)."""
+    __tablename__ = "heads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    target_id: Mapped[int | None] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), nullable=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    classes: Mapped[list] = mapped_column(JSON_TYPE)              # JSON values: ints stay ints, strings strings
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    shapes: Mapped[list] = mapped_column(JSON_TYPE)               # [[out, dim], [out]]
+    weights: Mapped[bytes] = mapped_column(LargeBinary)
+    trained_on: Mapped[int] = mapped_column(BigInteger)
+    embedder_fingerprint: Mapped[str] = mapped_column(String(128), default="")
+    target_fingerprint: Mapped[str] = mapped_column(String(128), default="")
+    created_unix_ms: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_heads_name_version"),
+        Index("ix_heads_collection", "collection_id"),
+    )
+
+
 @dataclass(frozen=True)
 class CollectionInfo:
     id: int
@@ -167,8 +194,21 @@ class Store:
             if row is None:
                 raise NotFound(f"collection {name!r} not found")
             conn.execute(delete(ItemRow).where(ItemRow.collection_id == row.id))
+            conn.execute(delete(HeadRow).where((HeadRow.collection_id == row.id) | (HeadRow.target_id == row.id)))
             conn.execute(delete(CollectionRow).where(CollectionRow.id == row.id))
         return CollectionInfo.of(row)
+
+    def embedder_fingerprint(self, cid: int) -> str:
+        """The collection's embedder fingerprint as stored now ("" for plain vectors); read fresh, never cached."""
+        with self.engine.connect() as conn:
+            fp = conn.execute(select(CollectionRow.embedder_fingerprint).where(CollectionRow.id == cid)).scalar()
+        if fp is None:
+            raise NotFound("collection was deleted")
+        return fp
+
+    def set_embedder_fingerprint(self, cid: int, fingerprint: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(CollectionRow).where(CollectionRow.id == cid).values(embedder_fingerprint=fingerprint))
 
     # ---- writes ------------------------------------------------------------------------------------------
     def _lock_collection(self, conn, cid: int):

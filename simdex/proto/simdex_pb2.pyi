@@ -485,6 +485,7 @@ class SearchRequest(_message.Message):
     INCLUDE_METADATA_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     k: _builtins.int
     """k-NN: best k per query. With radius: unused"""
@@ -499,6 +500,8 @@ class SearchRequest(_message.Message):
     """range search: hits per page (default 1000)"""
     page_token: _builtins.str
     """range search continuation (only with a single query)"""
+    head: _builtins.str
+    """optional projection head whose target is `collection`: queries are in the"""
     @_builtins.property
     def queries(self) -> Global___Matrix:
         """(nq, dim)"""
@@ -517,10 +520,11 @@ class SearchRequest(_message.Message):
         include_metadata: _builtins.bool = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        head: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_radius", b"_radius", "params", b"params", "queries", b"queries", "radius", b"radius"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_radius", b"_radius", "collection", b"collection", "filter", b"filter", "include_metadata", b"include_metadata", "k", b"k", "page_size", b"page_size", "page_token", b"page_token", "params", b"params", "queries", b"queries", "radius", b"radius"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_radius", b"_radius", "collection", b"collection", "filter", b"filter", "head", b"head", "include_metadata", b"include_metadata", "k", b"k", "page_size", b"page_size", "page_token", b"page_token", "params", b"params", "queries", b"queries", "radius", b"radius"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__radius: _TypeAlias = _typing.Literal["radius"]  # noqa: Y015
     _WhichOneofArgType__radius: _TypeAlias = _typing.Literal["_radius", b"_radius"]  # noqa: Y015
@@ -739,3 +743,311 @@ class ClusterResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClusterResponse: _TypeAlias = ClusterResponse  # noqa: Y015
+
+@_typing.final
+class Head(_message.Message):
+    """A linear head trained on a collection's stored vectors (see simdex.index.heads)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    TRAINED_ON_FIELD_NUMBER: _builtins.int
+    EMBEDDER_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    TARGET_COLLECTION_FIELD_NUMBER: _builtins.int
+    DIM_FIELD_NUMBER: _builtins.int
+    OUT_DIM_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """unique across the server"""
+    collection: _builtins.str
+    """the collection it was trained on (its inputs live in this space)"""
+    kind: _builtins.str
+    """"logistic" | "torch-logistic" | "projection" """
+    version: _builtins.int
+    """1, 2, ...: retraining stores a new version; the latest one serves"""
+    metrics: _builtins.str
+    """JSON object: held-out metrics (accuracy, macro_f1, confusion, n_train, ...)"""
+    created_unix_ms: _builtins.int
+    trained_on: _builtins.int
+    """training items"""
+    embedder_fingerprint: _builtins.str
+    """the collection's embedder fingerprint when trained ("" for plain vectors)"""
+    target_collection: _builtins.str
+    """projection heads: the collection whose space it maps into"""
+    dim: _builtins.int
+    """input dimension"""
+    out_dim: _builtins.int
+    """classes, or the target dimension"""
+    params: _builtins.str
+    """JSON object: the training request (label_field, filter, C, ...)"""
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """classifiers: one JSON value per class (3 or "cat"), in probability order"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        collection: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        version: _builtins.int = ...,
+        classes: _abc.Iterable[_builtins.str] | None = ...,
+        metrics: _builtins.str = ...,
+        created_unix_ms: _builtins.int = ...,
+        trained_on: _builtins.int = ...,
+        embedder_fingerprint: _builtins.str = ...,
+        target_collection: _builtins.str = ...,
+        dim: _builtins.int = ...,
+        out_dim: _builtins.int = ...,
+        params: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "collection", b"collection", "created_unix_ms", b"created_unix_ms", "dim", b"dim", "embedder_fingerprint", b"embedder_fingerprint", "kind", b"kind", "metrics", b"metrics", "name", b"name", "out_dim", b"out_dim", "params", b"params", "target_collection", b"target_collection", "trained_on", b"trained_on", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Head: _TypeAlias = Head  # noqa: Y015
+
+@_typing.final
+class TrainHeadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    TEST_FRACTION_FIELD_NUMBER: _builtins.int
+    BALANCED_FIELD_NUMBER: _builtins.int
+    TARGET_COLLECTION_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    head: _builtins.str
+    kind: _builtins.str
+    """default "logistic" """
+    label_field: _builtins.str
+    """classifiers: labels from this metadata field ..."""
+    labels: _builtins.str
+    """... or from this JSON object {id: label}; labels are integers or strings"""
+    filter: _builtins.str
+    """optional metadata filter (JSON) restricting the training items"""
+    test_fraction: _builtins.float
+    """held out, stratified and seeded; absent = 0.2"""
+    balanced: _builtins.bool
+    """class weights inversely proportional to class frequencies"""
+    target_collection: _builtins.str
+    """projection heads: map into this collection's space"""
+    params: _builtins.str
+    """JSON object of estimator parameters, e.g. {"C": 0.5} or {"solver": "lbfgs"}"""
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        head: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        label_field: _builtins.str = ...,
+        labels: _builtins.str = ...,
+        filter: _builtins.str = ...,
+        test_fraction: _builtins.float | None = ...,
+        balanced: _builtins.bool = ...,
+        target_collection: _builtins.str = ...,
+        params: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_test_fraction", b"_test_fraction", "test_fraction", b"test_fraction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_test_fraction", b"_test_fraction", "balanced", b"balanced", "collection", b"collection", "filter", b"filter", "head", b"head", "kind", b"kind", "label_field", b"label_field", "labels", b"labels", "params", b"params", "target_collection", b"target_collection", "test_fraction", b"test_fraction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__test_fraction: _TypeAlias = _typing.Literal["test_fraction"]  # noqa: Y015
+    _WhichOneofArgType__test_fraction: _TypeAlias = _typing.Literal["_test_fraction", b"_test_fraction"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__test_fraction) -> _WhichOneofReturnType__test_fraction | None: ...
+
+Global___TrainHeadRequest: _TypeAlias = TrainHeadRequest  # noqa: Y015
+
+@_typing.final
+class GetHeadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHeadRequest: _TypeAlias = GetHeadRequest  # noqa: Y015
+
+@_typing.final
+class ListHeadsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHeadsRequest: _TypeAlias = ListHeadsRequest  # noqa: Y015
+
+@_typing.final
+class ListHeadsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___Head]: ...
+    def __init__(
+        self,
+        *,
+        heads: _abc.Iterable[Global___Head] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHeadsResponse: _TypeAlias = ListHeadsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteHeadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteHeadRequest: _TypeAlias = DeleteHeadRequest  # noqa: Y015
+
+@_typing.final
+class DeleteHeadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    versions: _builtins.int
+    def __init__(
+        self,
+        *,
+        versions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteHeadResponse: _TypeAlias = DeleteHeadResponse  # noqa: Y015
+
+@_typing.final
+class PredictRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    VECTORS_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """items of the head's collection ..."""
+
+    @_builtins.property
+    def vectors(self) -> Global___Matrix:
+        """... or (n, dim) vectors in its space ..."""
+
+    @_builtins.property
+    def images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """... or raw inputs for an embedder-backed collection"""
+
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+        vectors: Global___Matrix | None = ...,
+        images: _abc.Iterable[_builtins.bytes] | None = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["vectors", b"vectors"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "ids", b"ids", "images", b"images", "texts", b"texts", "vectors", b"vectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictRequest: _TypeAlias = PredictRequest  # noqa: Y015
+
+@_typing.final
+class PredictResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    LABEL_INDICES_FIELD_NUMBER: _builtins.int
+    PROBABILITIES_FIELD_NUMBER: _builtins.int
+    PROJECTIONS_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the head version that answered"""
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """classifiers: JSON value per class"""
+
+    @_builtins.property
+    def label_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """classifiers: one per input, an index into classes"""
+
+    @_builtins.property
+    def probabilities(self) -> Global___Matrix:
+        """classifiers: (n, len(classes)) float32"""
+
+    @_builtins.property
+    def projections(self) -> Global___Matrix:
+        """projection heads: (n, out_dim) float32 in the target's space"""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        classes: _abc.Iterable[_builtins.str] | None = ...,
+        label_indices: _abc.Iterable[_builtins.int] | None = ...,
+        probabilities: Global___Matrix | None = ...,
+        projections: Global___Matrix | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["probabilities", b"probabilities", "projections", b"projections"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "label_indices", b"label_indices", "probabilities", b"probabilities", "projections", b"projections", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictResponse: _TypeAlias = PredictResponse  # noqa: Y015

@@ -84,6 +84,31 @@ class SimdexStub:
                 request_serializer=simdex_dot_proto_dot_simdex__pb2.ClusterRequest.SerializeToString,
                 response_deserializer=simdex_dot_proto_dot_simdex__pb2.ClusterResponse.FromString,
                 _registered_method=True)
+        self.TrainHead = channel.unary_unary(
+                '/simdex.v1.Simdex/TrainHead',
+                request_serializer=simdex_dot_proto_dot_simdex__pb2.TrainHeadRequest.SerializeToString,
+                response_deserializer=simdex_dot_proto_dot_simdex__pb2.Head.FromString,
+                _registered_method=True)
+        self.GetHead = channel.unary_unary(
+                '/simdex.v1.Simdex/GetHead',
+                request_serializer=simdex_dot_proto_dot_simdex__pb2.GetHeadRequest.SerializeToString,
+                response_deserializer=simdex_dot_proto_dot_simdex__pb2.Head.FromString,
+                _registered_method=True)
+        self.ListHeads = channel.unary_unary(
+                '/simdex.v1.Simdex/ListHeads',
+                request_serializer=simdex_dot_proto_dot_simdex__pb2.ListHeadsRequest.SerializeToString,
+                response_deserializer=simdex_dot_proto_dot_simdex__pb2.ListHeadsResponse.FromString,
+                _registered_method=True)
+        self.DeleteHead = channel.unary_unary(
+                '/simdex.v1.Simdex/DeleteHead',
+                request_serializer=simdex_dot_proto_dot_simdex__pb2.DeleteHeadRequest.SerializeToString,
+                response_deserializer=simdex_dot_proto_dot_simdex__pb2.DeleteHeadResponse.FromString,
+                _registered_method=True)
+        self.Predict = channel.unary_unary(
+                '/simdex.v1.Simdex/Predict',
+                request_serializer=simdex_dot_proto_dot_simdex__pb2.PredictRequest.SerializeToString,
+                response_deserializer=simdex_dot_proto_dot_simdex__pb2.PredictResponse.FromString,
+                _registered_method=True)
 
 
 class SimdexServicer:
@@ -149,6 +174,36 @@ class SimdexServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrainHead(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHead(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHeads(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteHead(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Predict(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SimdexServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +256,31 @@ def add_SimdexServicer_to_server(servicer, server):
                     servicer.Cluster,
                     request_deserializer=simdex_dot_proto_dot_simdex__pb2.ClusterRequest.FromString,
                     response_serializer=simdex_dot_proto_dot_simdex__pb2.ClusterResponse.SerializeToString,
+            ),
+            'TrainHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrainHead,
+                    request_deserializer=simdex_dot_proto_dot_simdex__pb2.TrainHeadRequest.FromString,
+                    response_serializer=simdex_dot_proto_dot_simdex__pb2.Head.SerializeToString,
+            ),
+            'GetHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHead,
+                    request_deserializer=simdex_dot_proto_dot_simdex__pb2.GetHeadRequest.FromString,
+                    response_serializer=simdex_dot_proto_dot_simdex__pb2.Head.SerializeToString,
+            ),
+            'ListHeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHeads,
+                    request_deserializer=simdex_dot_proto_dot_simdex__pb2.ListHeadsRequest.FromString,
+                    response_serializer=simdex_dot_proto_dot_simdex__pb2.ListHeadsResponse.SerializeToString,
+            ),
+            'DeleteHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteHead,
+                    request_deserializer=simdex_dot_proto_dot_simdex__pb2.DeleteHeadRequest.FromString,
+                    response_serializer=simdex_dot_proto_dot_simdex__pb2.DeleteHeadResponse.SerializeToString,
+            ),
+            'Predict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Predict,
+                    request_deserializer=simdex_dot_proto_dot_simdex__pb2.PredictRequest.FromString,
+                    response_serializer=simdex_dot_proto_dot_simdex__pb2.PredictResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +553,141 @@ class Simdex:
             '/simdex.v1.Simdex/Cluster',
             simdex_dot_proto_dot_simdex__pb2.ClusterRequest.SerializeToString,
             simdex_dot_proto_dot_simdex__pb2.ClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simdex.v1.Simdex/TrainHead',
+            simdex_dot_proto_dot_simdex__pb2.TrainHeadRequest.SerializeToString,
+            simdex_dot_proto_dot_simdex__pb2.Head.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simdex.v1.Simdex/GetHead',
+            simdex_dot_proto_dot_simdex__pb2.GetHeadRequest.SerializeToString,
+            simdex_dot_proto_dot_simdex__pb2.Head.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simdex.v1.Simdex/ListHeads',
+            simdex_dot_proto_dot_simdex__pb2.ListHeadsRequest.SerializeToString,
+            simdex_dot_proto_dot_simdex__pb2.ListHeadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simdex.v1.Simdex/DeleteHead',
+            simdex_dot_proto_dot_simdex__pb2.DeleteHeadRequest.SerializeToString,
+            simdex_dot_proto_dot_simdex__pb2.DeleteHeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Predict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simdex.v1.Simdex/Predict',
+            simdex_dot_proto_dot_simdex__pb2.PredictRequest.SerializeToString,
+            simdex_dot_proto_dot_simdex__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,

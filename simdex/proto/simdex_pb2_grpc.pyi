@@ -41,6 +41,11 @@ class SimdexStub:
     Count: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.CountRequest, _simdex_pb2.CountResponse]
     Search: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.SearchRequest, _simdex_pb2.SearchResponse]
     Cluster: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.ClusterRequest, _simdex_pb2.ClusterResponse]
+    TrainHead: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.TrainHeadRequest, _simdex_pb2.Head]
+    GetHead: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.GetHeadRequest, _simdex_pb2.Head]
+    ListHeads: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.ListHeadsRequest, _simdex_pb2.ListHeadsResponse]
+    DeleteHead: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.DeleteHeadRequest, _simdex_pb2.DeleteHeadResponse]
+    Predict: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.PredictRequest, _simdex_pb2.PredictResponse]
 
 @_typing.type_check_only
 class SimdexAsyncStub(SimdexStub):
@@ -55,6 +60,11 @@ class SimdexAsyncStub(SimdexStub):
     Count: _aio.UnaryUnaryMultiCallable[_simdex_pb2.CountRequest, _simdex_pb2.CountResponse]  # type: ignore[assignment]
     Search: _aio.UnaryUnaryMultiCallable[_simdex_pb2.SearchRequest, _simdex_pb2.SearchResponse]  # type: ignore[assignment]
     Cluster: _aio.UnaryUnaryMultiCallable[_simdex_pb2.ClusterRequest, _simdex_pb2.ClusterResponse]  # type: ignore[assignment]
+    TrainHead: _aio.UnaryUnaryMultiCallable[_simdex_pb2.TrainHeadRequest, _simdex_pb2.Head]  # type: ignore[assignment]
+    GetHead: _aio.UnaryUnaryMultiCallable[_simdex_pb2.GetHeadRequest, _simdex_pb2.Head]  # type: ignore[assignment]
+    ListHeads: _aio.UnaryUnaryMultiCallable[_simdex_pb2.ListHeadsRequest, _simdex_pb2.ListHeadsResponse]  # type: ignore[assignment]
+    DeleteHead: _aio.UnaryUnaryMultiCallable[_simdex_pb2.DeleteHeadRequest, _simdex_pb2.DeleteHeadResponse]  # type: ignore[assignment]
+    Predict: _aio.UnaryUnaryMultiCallable[_simdex_pb2.PredictRequest, _simdex_pb2.PredictResponse]  # type: ignore[assignment]
 
 class SimdexServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -126,5 +136,40 @@ class SimdexServicer(metaclass=_abc_1.ABCMeta):
         request: _simdex_pb2.ClusterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_simdex_pb2.ClusterResponse, _abc.Awaitable[_simdex_pb2.ClusterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def TrainHead(
+        self,
+        request: _simdex_pb2.TrainHeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_simdex_pb2.Head, _abc.Awaitable[_simdex_pb2.Head]]: ...
+
+    @_abc_1.abstractmethod
+    def GetHead(
+        self,
+        request: _simdex_pb2.GetHeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_simdex_pb2.Head, _abc.Awaitable[_simdex_pb2.Head]]: ...
+
+    @_abc_1.abstractmethod
+    def ListHeads(
+        self,
+        request: _simdex_pb2.ListHeadsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_simdex_pb2.ListHeadsResponse, _abc.Awaitable[_simdex_pb2.ListHeadsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteHead(
+        self,
+        request: _simdex_pb2.DeleteHeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_simdex_pb2.DeleteHeadResponse, _abc.Awaitable[_simdex_pb2.DeleteHeadResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Predict(
+        self,
+        request: _simdex_pb2.PredictRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_simdex_pb2.PredictResponse, _abc.Awaitable[_simdex_pb2.PredictResponse]]: ...
 
 def add_SimdexServicer_to_server(servicer: SimdexServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,6 +9,7 @@ import numpy as np
 from simdex.errors import InvalidArgument, ResourceExhausted
 from simdex.index.ann import Params
 from simdex.index.clustering import DEFAULT_REPRESENTATIVES, ClusterSpec
+from simdex.index.heads import HeadSpec, json_object
 from simdex.index.service import Simdex, encode_token
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
@@ -19,6 +20,14 @@ from simdex.wire import pack, unpack
 def collection_pb(s) -> pb.Collection:
     return pb.Collection(name=s.name, dim=s.dim, metric=s.metric, index=s.index, count=s.count,
                          trained=s.trained, seq=s.seq, created_unix_ms=s.created_unix_ms, embedder=s.embedder)
+
+
+def head_pb(r) -> pb.Head:
+    return pb.Head(name=r.name, collection=r.collection, kind=r.kind, version=r.version,
+                   classes=[json.dumps(c, ensure_ascii=False) for c in r.classes], metrics=json.dumps(r.metrics),
+                   created_unix_ms=r.created_unix_ms, trained_on=r.trained_on,
+                   embedder_fingerprint=r.embedder_fingerprint, target_collection=r.target_collection, dim=r.dim,
+                   out_dim=r.out_dim, params=json.dumps(r.params, ensure_ascii=False))
 
 
 def matrix_pb(x: np.ndarray) -> pb.Matrix:
@@ -122,7 +131,7 @@ class SimdexServicer(pb_grpc.SimdexServicer):
             filter=request.filter,
             params=Params(p.nprobe, p.ef_search, p.k_factor),
             page_size=request.page_size, page_token=request.page_token,
-            include_metadata=request.include_metadata,
+            include_metadata=request.include_metadata, head=request.head,
         )
         resp = pb.SearchResponse()
         for i, h in enumerate(hits):
@@ -157,3 +166,40 @@ class SimdexServicer(pb_grpc.SimdexServicer):
             resp.clusters.add(label=c.label, size=c.size, center=np.asarray(c.center, dtype="<f4").tobytes(),
                               representatives=c.representatives)
         return self._fits(resp, "Cluster")
+
+    @grpc_errors
+    def TrainHead(self, request, context):
+        spec = HeadSpec(
+            collection=request.collection, head=request.head, kind=request.kind or "logistic",
+            label_field=request.label_field,
+            labels=json_object(request.labels, "labels") if request.labels else None,
+            filter=request.filter,
+            test_fraction=round(request.test_fraction, 6) if request.HasField("test_fraction") else 0.2,
+            balanced=request.balanced, target_collection=request.target_collection,
+            params=json_object(request.params, "params") if request.params else {},
+        )
+        return head_pb(self.service.train_head(spec))
+
+    @grpc_errors
+    def GetHead(self, request, context):
+        return head_pb(self.service.get_head(request.name))
+
+    @grpc_errors
+    def ListHeads(self, request, context):
+        return pb.ListHeadsResponse(heads=[head_pb(h) for h in self.service.list_heads(request.collection)])
+
+    @grpc_errors
+    def DeleteHead(self, request, context):
+        return pb.DeleteHeadResponse(versions=self.service.delete_head(request.name))
+
+    @grpc_errors
+    def Predict(self, request, context):
+        x = unpack(request.vectors.data, request.vectors.shape, "vectors") if request.HasField("vectors") else None
+        p = self.service.predict(request.head, list(request.ids), x, list(request.images), list(request.texts))
+        resp = pb.PredictResponse(version=p.version, classes=[json.dumps(c, ensure_ascii=False) for c in p.classes])
+        if p.probabilities is not None:
+            resp.label_indices.extend(p.label_indices.tolist())
+            resp.probabilities.CopyFrom(matrix_pb(p.probabilities))
+        if p.projections is not None:
+            resp.projections.CopyFrom(matrix_pb(p.projections))
+        return self._fits(resp, "Predict")
