@@ -137,3 +137,19 @@ def test_stale_snapshot_of_another_collection_is_ignored(tmp_path):
         assert [h.ids for h in hits] == [["x"], ["y"], ["z"]]
     finally:
         s2.close()
+
+
+def test_exact_path_skips_items_deleted_behind_the_index(sqlite_service, monkeypatch):
+    """A row deleted between the filter's SQL and the vector read (a delete racing a search) is left out of
+    exact answers, never read as an uninitialised vector."""
+    s = sqlite_service
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    s.create_collection("race", 4)
+    s.upsert("race", [f"r{i}" for i in range(10)], x, [{"g": 1}] * 10)
+    col = s._cols["race"]
+    matched = np.arange(10, dtype=np.int64)  # internal ids of r0..r9
+    monkeypatch.setattr(s.store, "filter_iids", lambda cid, spec: matched)  # matched before the delete
+    s.store.delete(col.info.id, ["r0"], ignore_missing=False)  # the database only, as mid-race
+    hits, _ = s.search("race", x[:1], 3, filter={"g": 1})
+    assert hits[0].ids == ["r1", "r2", "r3"]
+    np.testing.assert_allclose(hits[0].distances, [64.0, 256.0, 576.0])

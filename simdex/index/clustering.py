@@ -99,7 +99,8 @@ def run(col: Collection, store: Store, spec: ClusterSpec) -> Clustering:
     if not len(iids):
         raise FailedPrecondition(f"collection {info.name!r} has no items{' matching the filter' if conds else ''}"
                                  " to cluster")
-    X = store.vectors(info.id, info.dim, iids)
+    found, X = store.vectors(info.id, info.dim, iids)
+    ext = [e for e, f in zip(ext, found) if f]  # deleted since listed: left out
     if info.metric == "cosine":
         faiss.normalize_L2(X)
     ms = MeanShift(bandwidth=spec.bandwidth, kernel=spec.kernel, bin_seeding=spec.bin_seeding,

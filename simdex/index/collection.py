@@ -64,8 +64,8 @@ class Collection:
                         missing = self.ann.restore(arrays, live_iids, live_ext)
                     ext_of = dict(zip(live_iids.tolist(), live_ext))
                     if len(missing):
-                        x = self.store.vectors(self.info.id, self.info.dim, missing)
-                        self.ann.add(missing, [ext_of[i] for i in missing.tolist()], x)
+                        found, x = self.store.vectors(self.info.id, self.info.dim, missing)
+                        self.ann.add(missing[found], [ext_of[i] for i in missing[found].tolist()], x)
                     LOG.info("collection %s: snapshot at seq %d caught up to %d (+%d items)",
                              self.name, snap_seq, self.seq, len(missing))
                     self.snap_seq = snap_seq if snap_seq == self.seq and not len(missing) else -1
@@ -84,7 +84,7 @@ class Collection:
         if not probe.trained and len(live_iids) >= probe.min_train:
             rng = np.random.default_rng(self.info.id)
             pick = np.sort(rng.choice(live_iids, size=min(len(live_iids), TRAIN_SAMPLE), replace=False))
-            sample = self.store.vectors(self.info.id, self.info.dim, pick)
+            _, sample = self.store.vectors(self.info.id, self.info.dim, pick)
             LOG.info("collection %s: training %s on %d vectors", self.name, self.info.index, len(pick))
         new = self.ann.fresh(sample) if (sample is not None or self.ann.trained) else probe
         ext_of = dict(zip(live_iids.tolist(), live_ext))
@@ -132,8 +132,9 @@ class Collection:
     def _exact(self, ann: AnnIndex, xq: np.ndarray, iids: np.ndarray, k: int | None, radius: float | None):
         """Exact answer over the items `iids` from their stored vectors."""
         pos = ann.positions(iids)  # only what the index already holds, so ids and index agree
+        found, xb = self.store.vectors(self.info.id, self.info.dim, ann.iids_at(pos))
+        pos = pos[found]  # and still in the database
         iids = ann.iids_at(pos)
-        xb = self.store.vectors(self.info.id, self.info.dim, iids)
         bigger = BIGGER_IS_BETTER[self.info.metric]
         if self.info.metric == "cosine":
             xb = xb.copy()

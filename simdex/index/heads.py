@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from simdex.errors import FailedPrecondition, InvalidArgument, NotFound
 from simdex.index import filters
 from simdex.index.collection import Collection
 from simdex.index.headstore import HeadRecord
 from simdex.index.linear import RidgeProjection, SklearnLogistic, TorchLogistic, project, softmax_proba
-from simdex.index.store import CHUNK, ItemRow, Store
+from simdex.index.store import Store
 
 LOG = logging.getLogger(__name__)
 CLASSIFIERS = ("logistic", "torch-logistic")
@@ -146,21 +145,6 @@ def check_spec(s: HeadSpec) -> HeadSpec:
 
 
 # ---- reading the training set -----------------------------------------------------------------------------------
-def read_vectors(store: Store, cid: int, dim: int, iids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """((m,) bool found, (found, dim) float32) for `iids`: items deleted since they were listed are left out."""
-    pos = {int(v): j for j, v in enumerate(iids)}
-    blobs: list[bytes | None] = [None] * len(iids)
-    with store.engine.connect() as conn:
-        for i in range(0, len(iids), CHUNK):
-            rows = conn.execute(select(ItemRow.iid, ItemRow.vector).where(
-                ItemRow.collection_id == cid, ItemRow.iid.in_([int(v) for v in iids[i:i + CHUNK]])))
-            for iid, blob in rows:
-                blobs[pos[iid]] = blob
-    found = np.array([b is not None for b in blobs], dtype=bool)
-    x = np.frombuffer(b"".join(b for b in blobs if b is not None), dtype="<f4").reshape(-1, dim)
-    return found, x
-
-
 def _items(col: Collection, store: Store, spec_filter: str) -> tuple[np.ndarray, list[str]]:
     with col.write_lock:  # one consistent listing
         iids, ext = store.live(col.info.id)
@@ -230,7 +214,7 @@ def batches(store: Store, cid: int, dim: int, iids: np.ndarray, y: np.ndarray, s
         order = rng.permutation(len(iids)) if rng is not None else np.arange(len(iids))
         for s in range(0, len(order), size):
             j = order[s:s + size]
-            found, xb = read_vectors(store, cid, dim, iids[j])
+            found, xb = store.vectors(cid, dim, iids[j])
             if len(xb):
                 yield xb, y[j][found]
     return source
@@ -261,7 +245,7 @@ def train_classifier(col: Collection, store: Store, s: HeadSpec, fingerprint: st
     dim, k, p = col.info.dim, len(classes), dict(s.params)
     p.pop("seed", None)
     if s.kind == "logistic":
-        found, X = read_vectors(store, col.info.id, dim, iids[tr])
+        found, X = store.vectors(col.info.id, dim, iids[tr])
         y_tr = y[tr][found]
         est = SklearnLogistic(balanced=s.balanced, **p).fit(X, y_tr, k)
         train_pred = est.predict_proba(X).argmax(1)
@@ -302,8 +286,8 @@ def train_projection(col: Collection, target: Collection, store: Store, s: HeadS
         def gen():
             for i in range(0, len(rows), READ_BATCH):
                 j = rows[i:i + READ_BATCH]
-                fa, xa = read_vectors(store, col.info.id, da, ia[j])
-                fb, xb = read_vectors(store, target.info.id, db, ib[j])
+                fa, xa = store.vectors(col.info.id, da, ia[j])
+                fb, xb = store.vectors(target.info.id, db, ib[j])
                 both = fa & fb  # a pair loses either side to a concurrent delete: skip it
                 yield xa[both[fa]], xb[both[fb]]
         return gen

@@ -320,17 +320,20 @@ class Store:
             rows = conn.execute(stmt).all()
         return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
 
-    def vectors(self, cid: int, dim: int, iids: Sequence[int]) -> np.ndarray:
-        """(len(iids), dim) float32 in the order of `iids` (all of which must exist)."""
-        out = np.empty((len(iids), dim), dtype=np.float32)
+    def vectors(self, cid: int, dim: int, iids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """((m,) bool found, (found.sum(), dim) float32) for `iids`, in their order. Items deleted since the caller
+        listed them are not found: callers drop them rather than read stale or uninitialised rows."""
         pos = {int(v): j for j, v in enumerate(iids)}
+        blobs: list[bytes | None] = [None] * len(iids)
         with self.engine.connect() as conn:
             for i in range(0, len(iids), CHUNK):
                 rows = conn.execute(select(ItemRow.iid, ItemRow.vector).where(
                     ItemRow.collection_id == cid, ItemRow.iid.in_([int(v) for v in iids[i:i + CHUNK]])))
                 for iid, blob in rows:
-                    out[pos[iid]] = np.frombuffer(blob, dtype="<f4")
-        return out
+                    blobs[pos[iid]] = blob
+        found = np.array([b is not None for b in blobs], dtype=bool)
+        x = np.frombuffer(b"".join(b for b in blobs if b is not None), dtype="<f4").reshape(-1, dim).copy()
+        return found, x
 
     def iter_vectors(self, cid: int, dim: int, batch: int = 20000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every live vector in internal-id order, in batches of ((b,) int64 iids, (b, dim) float32)."""

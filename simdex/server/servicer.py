@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import grpc
 import numpy as np
 
 from simdex.errors import InvalidArgument, ResourceExhausted
