@@ -57,13 +57,13 @@ class LocalClient(ClientBase):
 
     def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token, head=""):
         from simdex.index.ann import Params  # noqa: PLC0415
-        from simdex.index.service import encode_token  # noqa: PLC0415
+        from simdex.index import paging  # noqa: PLC0415
 
         hits, metas = self.service.search(name, xq, k, radius=radius, filter=filter_text, params=Params(*params),
                                           page_size=page_size, page_token=token, include_metadata=include_metadata,
                                           head=head)
         return [(h.ids, h.distances, metas[i] if metas else [],
-                 encode_token(h.next_offset) if h.next_offset is not None else "")
+                 paging.encode(offset=h.next_offset) if h.next_offset is not None else "")
                 for i, h in enumerate(hits)]
 
     def _cluster(self, name, spec, page_size, token):

@@ -7,7 +7,6 @@ computed at, and a later page of a changed collection is refused rather than sil
 """
 from __future__ import annotations
 
-import base64
 import json
 import threading
 from collections import OrderedDict
@@ -16,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from simdex.errors import FailedPrecondition, InvalidArgument
-from simdex.index import filters
+from simdex.index import filters, paging
 from simdex.index.backend import faiss
 from simdex.index.collection import Collection
 from simdex.index.meanshift import MeanShift
@@ -59,21 +58,6 @@ class Clustering:
     labels: np.ndarray            # (n,) int32, -1 for none
 
 
-def _token(seq: int, offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"seq": seq, "offset": offset}).encode()).decode()
-
-
-def _untoken(token: str) -> tuple[int, int]:
-    try:
-        t = json.loads(base64.urlsafe_b64decode(token.encode()))
-        seq, offset = t["seq"], t["offset"]
-        if not (isinstance(seq, int) and isinstance(offset, int) and seq >= 0 and offset >= 0):
-            raise ValueError
-        return seq, offset
-    except (ValueError, KeyError, TypeError):
-        raise InvalidArgument("page_token is not one this server issued for Cluster") from None
-
-
 def representatives(X: np.ndarray, centers: np.ndarray, labels: np.ndarray, r: int) -> list[np.ndarray]:
     """Row indices of the r members nearest each centre (nearest first), one array per cluster."""
     d2 = np.full(len(X), np.inf, dtype=np.float32)
@@ -89,13 +73,8 @@ def representatives(X: np.ndarray, centers: np.ndarray, labels: np.ndarray, r: i
 
 def run(col: Collection, store: Store, spec: ClusterSpec) -> Clustering:
     info = col.info
-    with col.write_lock:  # the rows and the sequence number they are at agree
-        seq = col.seq
-        iids, ext = store.live(info.id)
     conds = filters.parse(spec.filter)
-    if conds:
-        keep = np.isin(iids, store.filter_iids(info.id, conds))
-        iids, ext = iids[keep], [e for e, k in zip(ext, keep) if k]
+    seq, iids, ext = col.listing(conds)
     if not len(iids):
         raise FailedPrecondition(f"collection {info.name!r} has no items{' matching the filter' if conds else ''}"
                                  " to cluster")
@@ -132,7 +111,7 @@ class ClusterJobs:
         with self._lock:
             result = self._done.get(key)
         if page_token:
-            seq, offset = _untoken(page_token)
+            seq, offset = paging.decode(page_token, "seq", "offset", what=" for Cluster")
             if seq != col.seq:
                 raise FailedPrecondition(f"collection {col.name!r} changed since the first page (seq {seq} -> "
                                          f"{col.seq}); start the clustering again")
@@ -146,4 +125,4 @@ class ClusterJobs:
                 while len(self._done) > CACHED_RESULTS:
                     self._done.popitem(last=False)
         end = min(offset + size, len(result.ids))
-        return result, offset, end, _token(result.seq, end) if end < len(result.ids) else ""
+        return result, offset, end, paging.encode(seq=result.seq, offset=end) if end < len(result.ids) else ""

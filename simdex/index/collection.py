@@ -115,6 +115,16 @@ class Collection:
             self._maintain()
         return res
 
+    def listing(self, spec: filters.Filter = ()) -> tuple[int, np.ndarray, list[str]]:
+        """(seq, (n,) int64 internal ids, external ids) of the live items matching `spec`, read at one seq."""
+        with self.write_lock:  # the rows and the sequence number they are at agree
+            seq = self.seq
+            iids, ext = self.store.live(self.info.id)
+        if spec:
+            keep = np.isin(iids, self.store.filter_iids(self.info.id, spec))
+            iids, ext = iids[keep], [e for e, k in zip(ext, keep) if k]
+        return seq, iids, ext
+
     # ---- search ------------------------------------------------------------------------------------------
     @staticmethod
     def _knn_unfiltered(xq, k, key):

@@ -104,21 +104,12 @@ def json_object(text: str, what: str) -> dict:
     return obj
 
 
-def check_head_name(name: str) -> str:
-    from simdex.index.service import NAME_RE  # noqa: PLC0415 - service imports this module
-
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidArgument(f"head name {name!r} is invalid: 1-128 characters of letters, digits, '_', '-', '.', "
-                              "starting with a letter or digit")
-    return name
-
-
 def check_spec(s: HeadSpec) -> HeadSpec:
     """The one gate for TrainHead: every argument checked, InvalidArgument naming the bad one."""
     from simdex.index.service import check_name  # noqa: PLC0415 - service imports this module
 
     check_name(s.collection)
-    check_head_name(s.head)
+    check_name(s.head, "head")
     if s.kind not in KINDS:
         raise InvalidArgument(f"kind {s.kind!r} is not one of {list(KINDS)}")
     if not (isinstance(s.test_fraction, (int, float)) and 0.0 <= s.test_fraction < 1.0):
@@ -145,14 +136,8 @@ def check_spec(s: HeadSpec) -> HeadSpec:
 
 
 # ---- reading the training set -----------------------------------------------------------------------------------
-def _items(col: Collection, store: Store, spec_filter: str) -> tuple[np.ndarray, list[str]]:
-    with col.write_lock:  # one consistent listing
-        iids, ext = store.live(col.info.id)
-    conds = filters.parse(spec_filter)
-    if conds:
-        keep = np.isin(iids, store.filter_iids(col.info.id, conds))
-        iids, ext = iids[keep], [e for e, k in zip(ext, keep) if k]
-    return iids, ext
+def _items(col: Collection, spec_filter: str) -> tuple[np.ndarray, list[str]]:
+    return col.listing(filters.parse(spec_filter))[1:]
 
 
 def _check_label(item: str, v) -> None:
@@ -163,7 +148,7 @@ def _check_label(item: str, v) -> None:
 
 def labelled(col: Collection, store: Store, s: HeadSpec) -> tuple[np.ndarray, list[str], list, int]:
     """-> ((n,) int64 iids, ids, labels, unlabelled count), sorted by external id."""
-    iids, ext = _items(col, store, s.filter)
+    iids, ext = _items(col, s.filter)
     what = f"collection {col.name!r}" + (" (items matching the filter)" if s.filter else "")
     if s.labels is not None:
         where = dict(zip(ext, iids.tolist()))
@@ -270,8 +255,8 @@ def train_classifier(col: Collection, store: Store, s: HeadSpec, fingerprint: st
 
 
 def train_projection(col: Collection, target: Collection, store: Store, s: HeadSpec, fingerprints) -> HeadRecord:
-    a_iids, a_ext = _items(col, store, s.filter)
-    b_iids, b_ext = _items(target, store, "")
+    a_iids, a_ext = _items(col, s.filter)
+    b_iids, b_ext = _items(target, "")
     b_where = dict(zip(b_ext, b_iids.tolist()))
     pairs = sorted((e, int(i), b_where[e]) for e, i in zip(a_ext, a_iids) if e in b_where)
     if len(pairs) < 2:

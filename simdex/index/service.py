@@ -4,8 +4,6 @@ Inputs are validated here (one gate per entry), errors are simdex.errors classes
 """
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import re
 import threading
@@ -15,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from simdex.errors import FailedPrecondition, InvalidArgument, NotFound
-from simdex.index import filters
-from simdex.index import clustering, heads
+from simdex.index import clustering, filters, heads, paging
 from simdex.index.ann import Params, make_faiss_index
 from simdex.index.collection import Collection, Hits
 from simdex.index.headstore import HeadRecord, HeadStore
@@ -45,10 +42,11 @@ class CollectionStatus:
     embedder: str = ""
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, what: str = "collection") -> str:
+    """Collection and head names: 1-128 of letters, digits, '_', '-', '.', starting with a letter or digit."""
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InvalidArgument(
-            f"collection name {name!r} is invalid: 1-128 characters of letters, digits, '_', '-', '.', "
+            f"{what} name {name!r} is invalid: 1-128 characters of letters, digits, '_', '-', '.', "
             "starting with a letter or digit")
     return name
 
@@ -67,20 +65,6 @@ def check_ids(ids, what: str = "ids", unique: bool = True) -> list[str]:
         dup = next(v for v in ids if v in seen or seen.add(v))
         raise InvalidArgument(f"{what}: id {dup!r} appears more than once in one request")
     return ids
-
-
-def encode_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
-
-
-def decode_token(token: str) -> int:
-    try:
-        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
-        if not isinstance(offset, int) or offset < 0:
-            raise ValueError
-        return offset
-    except (ValueError, KeyError, TypeError):
-        raise InvalidArgument("page_token is not one this server issued") from None
 
 
 class Simdex:
@@ -217,7 +201,7 @@ class Simdex:
             if page_token:
                 if len(xq) != 1:
                     raise InvalidArgument("page_token continues a single query: send exactly that query")
-                offset = decode_token(page_token)
+                (offset,) = paging.decode(page_token, "offset")
             hits = col.search(xq, 0, params, spec, radius=float(radius))
             for h in hits:
                 end = offset + size
@@ -254,17 +238,17 @@ class Simdex:
         return rec
 
     def get_head(self, name: str) -> HeadRecord:
-        return self.heads.get(heads.check_head_name(name))
+        return self.heads.get(check_name(name, "head"))
 
     def list_heads(self, collection: str = "") -> list[HeadRecord]:
         return self.heads.list(self._col(collection).info.id if collection else None)
 
     def delete_head(self, name: str) -> int:
-        return self.heads.delete(heads.check_head_name(name))
+        return self.heads.delete(check_name(name, "head"))
 
     def predict(self, name: str, ids=None, vectors=None, images=(), texts=()) -> heads.Prediction:
         """Run the latest version of head `name` on items of its collection (`ids`) or (n, dim) float32 `vectors`."""
-        rec = self.heads.get(heads.check_head_name(name), with_weights=True)
+        rec = self.heads.get(check_name(name, "head"), with_weights=True)
         if images or texts:
             raise FailedPrecondition(
                 f"head {name!r}: raw inputs (images, texts) need an embedder-backed collection, and collection "
@@ -281,7 +265,7 @@ class Simdex:
         return heads.apply(rec, X)
 
     def _through_head(self, head: str, collection: str, queries) -> np.ndarray:
-        rec = self.heads.get(heads.check_head_name(head), with_weights=True)
+        rec = self.heads.get(check_name(head, "head"), with_weights=True)
         if rec.kind != "projection":
             raise InvalidArgument(f"head {head!r} is a {rec.kind} head; searching through a head needs a projection")
         if rec.target_collection != collection:

@@ -9,7 +9,8 @@ from simdex.errors import InvalidArgument, ResourceExhausted
 from simdex.index.ann import Params
 from simdex.index.clustering import DEFAULT_REPRESENTATIVES, ClusterSpec
 from simdex.index.heads import HeadSpec, json_object
-from simdex.index.service import Simdex, encode_token
+from simdex.index import paging
+from simdex.index.service import Simdex
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
 from simdex.server.errors import grpc_errors
@@ -140,7 +141,7 @@ class SimdexServicer(pb_grpc.SimdexServicer):
             if metas is not None:
                 qh.metadata.extend(json.dumps(m, ensure_ascii=False) for m in metas[i])
             if h.next_offset is not None:
-                qh.next_page_token = encode_token(h.next_offset)
+                qh.next_page_token = paging.encode(offset=h.next_offset)
         return self._fits(resp, "Search")
 
     @grpc_errors
