@@ -74,25 +74,37 @@ def make_faiss_index(dim: int, metric: str, desc: str):
     return index
 
 
+def _inner(index):
+    """The index a Refine or PreTransform wrapper delegates to (None for any other index)."""
+    if isinstance(index, faiss.IndexRefine):
+        return faiss.downcast_index(index.base_index)
+    if isinstance(index, faiss.IndexPreTransform):
+        return faiss.downcast_index(index.index)
+    return None
+
+
+def _core(index):
+    """The innermost index under Refine / PreTransform wrappers: the one that decides how a query is searched."""
+    while (inner := _inner(index)) is not None:
+        index = inner
+    return index
+
+
 def _no_polysemous_training(index) -> None:
     """The factory turns on polysemous training for PQ kinds; simdex never searches in polysemous mode, and that
     training cost ~15 s of a 17 s `PQ16` training on 12,000 32-d vectors here. Switch it off, also when nested."""
-    if isinstance(index, faiss.IndexRefine):
-        _no_polysemous_training(faiss.downcast_index(index.base_index))
-    elif isinstance(index, faiss.IndexPreTransform):
-        _no_polysemous_training(faiss.downcast_index(index.index))
-    elif hasattr(index, "do_polysemous_training"):
-        index.do_polysemous_training = False
+    core = _core(index)
+    if hasattr(core, "do_polysemous_training"):
+        core.do_polysemous_training = False
 
 
 def _walk_params(index, p: Params, sel, keep: list):
     """SearchParameters matching the structure of `index` (Refine > PreTransform > IVF | HNSW | other)."""
     if isinstance(index, faiss.IndexRefine):
-        base = _walk_params(faiss.downcast_index(index.base_index), p, sel, keep)
         out = faiss.IndexRefineSearchParameters(k_factor=float(p.k_factor or DEFAULT_K_FACTOR),
-                                                base_index_params=base)
+                                                base_index_params=_walk_params(_inner(index), p, sel, keep))
     elif isinstance(index, faiss.IndexPreTransform):
-        return _walk_params(faiss.downcast_index(index.index), p, sel, keep)
+        return _walk_params(_inner(index), p, sel, keep)
     elif isinstance(index, faiss.IndexIVF):
         out = faiss.SearchParametersIVF(nprobe=p.nprobe or default_nprobe(index.nlist))
     elif isinstance(index, faiss.IndexHNSW):
@@ -109,11 +121,7 @@ def _walk_params(index, p: Params, sel, keep: list):
 
 def _is_graph(index) -> bool:
     """HNSW kinds (also under a pre-transform or refinement): every query walks the graph on its own."""
-    if isinstance(index, faiss.IndexRefine):
-        return _is_graph(faiss.downcast_index(index.base_index))
-    if isinstance(index, faiss.IndexPreTransform):
-        return _is_graph(faiss.downcast_index(index.index))
-    return isinstance(index, faiss.IndexHNSW)
+    return isinstance(_core(index), faiss.IndexHNSW)
 
 
 class AnnIndex:
@@ -132,7 +140,6 @@ class AnnIndex:
         self._iid_pos: dict[int, int] = {}
         self.n_dead = 0
         self._sel_ok = True
-        self._plain_params: dict = {}
         self._gpu = None
         self._gpu_stale = True
 
@@ -152,12 +159,19 @@ class AnnIndex:
         return not self.trained and self.n_live >= self.min_train
 
     @property
-    def stacks(self) -> bool:
-        """Whether stacking concurrent single queries into one FAISS call can share work. Not for graph kinds:
-        there a stacked call runs the same per-query searches one after another on one thread, and only adds the
-        hand-offs between the callers (measured in-process, HNSW32, 8 threads: +45-70 us CPU and +2.5 context
-        switches per query)."""
-        return not _is_graph(self.index)
+    def index(self):
+        return self._index
+
+    @index.setter
+    def index(self, index) -> None:
+        """Everything derived from the FAISS index's structure is set here, once per index, not per search."""
+        self._index = index
+        # Whether stacking concurrent single queries into one FAISS call can share work. Not for graph kinds:
+        # there a stacked call runs the same per-query searches one after another on one thread, and only adds
+        # the hand-offs between the callers (measured in-process, HNSW32, 8 threads: +45-70 us CPU and +2.5
+        # context switches per query).
+        self.stacks = not _is_graph(index)
+        self._plain_params: dict = {}  # SearchParameters of unfiltered searches, one per Params value
 
     def iids(self) -> np.ndarray:
         return self._pos_iid[: self.ntotal][self._live[: self.ntotal]]
@@ -348,7 +362,6 @@ class AnnIndex:
             raise ValueError("snapshot does not match its id map")
         ext_of = dict(zip(live_iids.tolist(), live_ext))
         self.index, self.trained = index, bool(arrays["trained"])
-        self._plain_params = {}
         self._pos_iid = pos_iid.copy()
         self._live = np.fromiter((i in ext_of for i in pos_iid.tolist()), dtype=bool, count=len(pos_iid))
         self._pos_ext = [ext_of.get(i, "") for i in pos_iid.tolist()]
