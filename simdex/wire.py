@@ -11,8 +11,10 @@ from simdex.errors import InvalidArgument
 F32 = np.dtype("<f4")
 
 
-def as_matrix(x, name: str = "vectors", dim: int | None = None, allow_empty: bool = False) -> np.ndarray:
-    """The one input gate: `x` as a C-contiguous (n, d) float32 array with finite values, or InvalidArgument."""
+def as_matrix(x, name: str = "vectors", dim: int | None = None, allow_empty: bool = False,
+              dim_of: str = "the collection's dim") -> np.ndarray:
+    """The one input gate: `x` as a C-contiguous (n, d) float32 array, d >= 1, with finite values, or
+    InvalidArgument naming `name` and the bad value. `dim_of` says whose dimension `dim` is, for the message."""
     try:
         arr = np.asarray(x)
     except (ValueError, TypeError) as exc:  # ragged lists
@@ -26,8 +28,10 @@ def as_matrix(x, name: str = "vectors", dim: int | None = None, allow_empty: boo
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if arr.shape[0] == 0 and not allow_empty:
         raise InvalidArgument(f"{name}: empty batch (0 rows)")
+    if arr.shape[1] == 0:
+        raise InvalidArgument(f"{name}: vectors of dimension 0, shape {tuple(arr.shape)}")
     if dim is not None and arr.shape[1] != dim:
-        raise InvalidArgument(f"{name}: dimension {arr.shape[1]} does not match the collection's dim {dim}")
+        raise InvalidArgument(f"{name}: dimension {arr.shape[1]} does not match {dim_of} {dim}")
     if arr.size and not np.isfinite(arr).all():
         bad = int(np.argwhere(~np.isfinite(arr))[0][0])
         raise InvalidArgument(f"{name}: row {bad} holds NaN or infinity; vectors must be finite")

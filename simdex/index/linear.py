@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from simdex.errors import InvalidArgument
+from simdex.wire import as_matrix
 
 LOG = logging.getLogger(__name__)
 Batches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
@@ -41,10 +42,7 @@ def class_weights(counts: np.ndarray, balanced: bool) -> np.ndarray:
 
 
 def _check(X, d: int | None = None) -> np.ndarray:
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    if X.ndim != 2 or (d is not None and X.shape[1] != d):
-        raise InvalidArgument(f"expected (n, {d or 'd'}) vectors, got shape {X.shape}")
-    return X
+    return as_matrix(X, "vectors", d, allow_empty=True, dim_of="the head's input dimension")
 
 
 class SklearnLogistic:

@@ -22,6 +22,7 @@ from scipy import sparse
 
 from simdex.errors import InvalidArgument
 from simdex.index.backend import faiss, gpu_available, set_threads_for
+from simdex.wire import as_matrix
 
 LOG = logging.getLogger(__name__)
 
@@ -56,22 +57,11 @@ def _is_int(v) -> bool:
 
 
 def check_points(x, name: str = "X", d: int | None = None) -> np.ndarray:
-    """The one input gate: (n, d) float32, C-contiguous, n >= 1, finite, d matching when given."""
-    try:
-        x = np.ascontiguousarray(x, dtype="float32")
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"{name} must be a numeric (n, d) array: {exc}") from exc
-    if x.ndim != 2:
-        raise InvalidArgument(f"{name} must be 2-d (n, d); got shape {x.shape}")
-    if x.shape[0] < 1 or x.shape[1] < 1:
-        raise InvalidArgument(f"{name} must have at least one row and one column; got shape {x.shape}")
-    if d is not None and x.shape[1] != d:
-        raise InvalidArgument(f"{name} has {x.shape[1]} features but the model was fitted with {d}")
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise InvalidArgument(f"{name} contains NaN or infinity ({int(bad.sum())} rows, first row {row})")
-    return x
+    """(n, d) float32, C-contiguous, n >= 1, finite, d matching when given: simdex.wire.as_matrix, strictly 2-d
+    (scikit-learn refuses a 1-d array too)."""
+    if np.ndim(x) != 2:
+        raise InvalidArgument(f"{name} must be 2-d (n, d); got shape {np.shape(x)}")
+    return as_matrix(x, name, d, dim_of="the dimension the model was fitted with")
 
 
 _GPU_RES: list = []  # one StandardGpuResources for the process; it must outlive every GPU index made from it
