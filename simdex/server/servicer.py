@@ -89,10 +89,11 @@ class SimdexServicer(pb_grpc.SimdexServicer):
             hashes.extend(msg.content_hashes or [""] * len(msg.ids))
         if name is None or not ids:
             raise InvalidArgument("upsert stream carried no items")
-        if any(not h for h in hashes):
-            hashes = [] if not any(hashes) else hashes
-            if hashes:
-                raise InvalidArgument("content_hashes: give one for every item or for none")
+        given = sum(bool(h) for h in hashes)
+        if given == 0:
+            hashes = []
+        elif given < len(hashes):
+            raise InvalidArgument("content_hashes: give one for every item or for none")
         dims = {b.shape[1] for b in blocks}
         if len(dims) > 1:
             raise InvalidArgument(f"upsert stream mixes vector dimensions {sorted(dims)}")
