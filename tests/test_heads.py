@@ -191,7 +191,7 @@ def test_head_errors(client):
         (clients.InvalidArgument, "dimension 4", lambda: client.predict("h", vectors=X[:2, :4])),
         (clients.InvalidArgument, "exactly one of", lambda: client.predict("h")),
         (clients.NotFound, "'nope'", lambda: client.predict("h", ids=["p1", "nope"])),
-        (clients.FailedPrecondition, "raw inputs", lambda: client.predict("h", images=[b"\x89PNG"])),
+        (clients.FailedPrecondition, "plain vectors", lambda: client.predict("h", images=[b"\x89PNG"])),
         (clients.InvalidArgument, "needs a projection", lambda: client.search("b", X[:1], k=1, head="h")),
     ]
     for err, message, call in cases:

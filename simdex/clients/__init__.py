@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from simdex.clients.remote import RemoteClient
 from simdex.clients.types import (
-    Cluster, ClusterResult, CollectionInfo, HeadInfo, Item, Prediction, SearchResult,
+    Cluster, ClusterResult, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, Item, Prediction, SearchResult,
 )
 from simdex.errors import (
     AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound, PermissionDenied,
@@ -18,15 +18,18 @@ class Client(RemoteClient):
     """A connection to a simdex server. Also a context manager."""
 
     @staticmethod
-    def local(path: str, db_url: str | None = None, snapshot_interval: float = 30.0):
-        """An in-process simdex over data directory `path`, with the same methods as a remote Client."""
+    def local(path: str, db_url: str | None = None, snapshot_interval: float = 30.0,
+              weights: dict[str, str] | None = None, device: str | None = None):
+        """An in-process simdex over data directory `path`, with the same methods as a remote Client.
+
+        `weights` maps embedder names to weights files (default: the torch hub cache); `device`: cpu or cuda."""
         from simdex.clients.local import LocalClient  # noqa: PLC0415
 
-        return LocalClient(path, db_url, snapshot_interval)
+        return LocalClient(path, db_url, snapshot_interval, weights, device)
 
 
 __all__ = [
-    "Client", "Cluster", "ClusterResult", "CollectionInfo", "HeadInfo", "Item", "Prediction", "SearchResult",
+    "Client", "Cluster", "ClusterResult", "CollectionInfo", "EmbedderInfo", "Embedding", "HeadInfo", "Item", "Prediction", "SearchResult",
     "SimdexError", "AlreadyExists", "DeadlineExceeded",
     "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted",
     "Unauthenticated", "Unavailable",

@@ -11,7 +11,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from simdex.errors import InvalidArgument, ResourceExhausted
-from simdex.clients.types import ClusterResult, CollectionInfo, HeadInfo, Item, Prediction, SearchResult
+from simdex.clients.types import (ClusterResult, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, Item, Prediction,
+                                  SearchResult, UpsertChunk)
 from simdex.errors import FailedPrecondition
 from simdex.metrics import worst
 from simdex.wire import as_matrix
@@ -37,6 +38,47 @@ def _json_texts(metadata: Sequence[Any] | None, n: int) -> list[str]:
                 raise InvalidArgument(f"metadata[{i}]: not JSON-serialisable ({exc})") from None
         else:
             raise InvalidArgument(f"metadata[{i}]: expected a dict, got {type(m).__name__}")
+    return out
+
+
+def _raw(images, texts) -> tuple[list | None, str]:
+    """(raw items, "images" | "texts"), or (None, "") when neither was given."""
+    if images is not None and texts is not None:
+        raise InvalidArgument("give images or texts, not both")
+    if images is not None:
+        images = [images] if isinstance(images, (bytes, bytearray)) else list(images)
+        for i, b in enumerate(images):
+            if not isinstance(b, (bytes, bytearray)):
+                raise InvalidArgument(f"images[{i}]: expected encoded bytes, got {type(b).__name__}")
+        return [bytes(b) for b in images], "images"
+    if texts is not None:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InvalidArgument(f"texts[{i}]: expected str, got {type(t).__name__}")
+        return texts, "texts"
+    return None, ""
+
+
+def _spans(sizes: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """Split rows of `sizes` bytes into consecutive [a, b) spans of at most `budget` bytes (at least one row)."""
+    spans, a, total = [], 0, 0
+    for i, n in enumerate(sizes):
+        if i > a and total + n > budget:
+            spans.append((a, i))
+            a, total = i, 0
+        total += n
+    if a < len(sizes):
+        spans.append((a, len(sizes)))
+    return spans
+
+
+def _offsets(embeddings: list) -> list:
+    """Pieces of one embed span, halved by _shrinking: (row offset of each piece's first input, piece)."""
+    out, off = [], 0
+    for e in embeddings:
+        out.append((off, e))
+        off += int(e.item_index.max()) + 1 if len(e.item_index) else 0
     return out
 
 
@@ -96,23 +138,77 @@ class ClientBase:
         self._drop(name)
 
     # ---- items -------------------------------------------------------------------------------------------
-    def upsert(self, collection: str, ids: Sequence[str], vectors, metadata: Sequence[dict] | None = None,
-               content_hashes: Sequence[str] | None = None) -> int:
-        """Insert or replace items, all in one transaction. vectors: (n, d) float32. Returns the count."""
+    def upsert(self, collection: str, ids: Sequence[str], vectors=None, metadata: Sequence[dict] | None = None,
+               content_hashes: Sequence[str] | None = None, *, images: Sequence[bytes] | None = None,
+               texts: Sequence[str] | None = None, embedder_fingerprint: str = "") -> int:
+        """Insert or replace items, all in one transaction. Returns the count.
+
+        Give (n, d) float32 `vectors`, or, for a collection with an embedder, raw `images` (encoded PNG/JPEG or
+        DICOM bytes) or `texts`, embedded by the server. Vectors you embedded yourself for such a collection name
+        the `embedder_fingerprint` of the weights that made them."""
         ids = list(ids)
+        metas = _json_texts(metadata, len(ids))
+        hashes = list(content_hashes or [])
+        raw, kind = _raw(images, texts)
+        if raw is not None:
+            if vectors is not None:
+                raise InvalidArgument("give either vectors or raw items (images, texts), not both")
+            if len(raw) != len(ids):
+                raise InvalidArgument(f"{kind}: {len(raw)} items for {len(ids)} ids")
+            sizes = [len(r) + len(i) + PER_ROW_OVERHEAD + (len(metas[j]) if metas else 0)
+                     for j, (r, i) in enumerate(zip(raw, ids))]
+            chunks = [UpsertChunk(ids[a:b], None, metas[a:b], hashes[a:b],
+                                  raw[a:b] if kind == "images" else [], raw[a:b] if kind == "texts" else [])
+                      for a, b in _spans(sizes, self._budget)]
+            return self._upsert(collection, chunks)
         x = as_matrix(vectors, "vectors")
         if len(x) != len(ids):
             raise InvalidArgument(f"vectors: {len(x)} rows for {len(ids)} ids")
-        metas = _json_texts(metadata, len(ids))
-        hashes = list(content_hashes or [])
         row = x.shape[1] * 4 + PER_ROW_OVERHEAD + (max(map(len, ids)) if ids else 0)
         row += max(map(len, metas)) if metas else 0
         per_msg = max(1, self._budget // row)
         chunks = [
-            (ids[i:i + per_msg], x[i:i + per_msg], metas[i:i + per_msg], hashes[i:i + per_msg])
+            UpsertChunk(ids[i:i + per_msg], x[i:i + per_msg], metas[i:i + per_msg], hashes[i:i + per_msg],
+                        fingerprint=embedder_fingerprint)
             for i in range(0, len(ids), per_msg)
-        ] or [(ids, x, metas, hashes)]
+        ] or [UpsertChunk(ids, x, metas, hashes, fingerprint=embedder_fingerprint)]
         return self._upsert(collection, chunks)
+
+    # ---- embedders and the translator ---------------------------------------------------------------------
+    def list_embedders(self) -> list[EmbedderInfo]:
+        """The server's registered embedders: name, modality, dim, whether its weights are present."""
+        return self._list_embedders()
+
+    def embed(self, embedder: str, images: Sequence[bytes] | None = None, texts: Sequence[str] | None = None
+              ) -> np.ndarray:
+        """(n, dim) float32 vectors of `images` (encoded image or DICOM bytes; a multi-frame DICOM gives its
+        middle frame) or `texts`, made by the server's embedder `embedder`."""
+        return self.embed_items(embedder, images, texts).vectors
+
+    def embed_items(self, embedder: str, images: Sequence[bytes] | None = None, texts: Sequence[str] | None = None,
+                    all_frames: bool = False) -> Embedding:
+        """As embed, with the weights' fingerprint, the DICOM tags of each input and, with `all_frames`, one row
+        per frame of a multi-frame DICOM (`item_index`, `frame_index` say which)."""
+        raw, kind = _raw(images, texts)
+        if raw is None:
+            raise InvalidArgument("embed: give images or texts")
+        parts = []
+        for a, b in _spans([len(r) + PER_ROW_OVERHEAD for r in raw], self._budget):
+            call = lambda rows: [self._embed(embedder, rows if kind == "images" else [],  # noqa: E731
+                                             rows if kind == "texts" else [], all_frames)]
+            parts.extend((a + off, e) for off, e in _offsets(self._shrinking(call, raw[a:b])))
+        return Embedding(np.concatenate([e.vectors for _, e in parts]), parts[0][1].fingerprint,
+                         np.concatenate([e.item_index + a for a, e in parts]),
+                         np.concatenate([e.frame_index for _, e in parts]),
+                         [m for _, e in parts for m in e.metadata])
+
+    def translate(self, texts: Sequence[str], model: str = "", beam: int = 1, max_len: int = 0) -> list[str]:
+        """Translate `texts` with the server's seq2seq model `model` (default: the shipped French->English
+        question model), greedy or with a beam of `beam`."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise InvalidArgument("translate: give at least one text")
+        return [t for t, _ in self._translate(model, texts, int(beam), int(max_len))]
 
     def delete(self, collection: str, ids: Sequence[str], ignore_missing: bool = False) -> int:
         """Delete items by id, all or nothing. Returns how many were deleted."""
@@ -134,9 +230,10 @@ class ClientBase:
     def count(self, collection: str, filter: dict | str | None = None) -> int:  # noqa: A002
         return self._count(collection, _filter_text(filter))
 
-    def search(self, collection: str, queries, k: int = 10, *, radius: float | None = None,
+    def search(self, collection: str, queries=None, k: int = 10, *, radius: float | None = None,
                filter: dict | str | None = None, params: dict | None = None,  # noqa: A002
-               include_metadata: bool = False, page_size: int = 0, head: str | None = None) -> SearchResult:
+               include_metadata: bool = False, page_size: int = 0, head: str | None = None,
+               images: Sequence[bytes] | None = None, texts: Sequence[str] | None = None) -> SearchResult:
         """Nearest neighbours of each row of (nq, d) float32 `queries`.
 
         k-NN by default; with `radius`, every hit within it (l2: squared distance < radius; ip/cosine:
@@ -145,8 +242,19 @@ class ClientBase:
         `params`: {"nprobe": int, "efSearch": int, "k_factor": int} for IVF / HNSW / RFlat kinds.
         `head`: a projection head whose target is `collection`; `queries` are then (nq, head dim) vectors of the
         head's source collection, projected on the server before the search.
+        `images` / `texts`: raw queries for a collection with an embedder, instead of `queries`.
         """
         info = self._cached(collection)
+        raw, kind = _raw(images, texts)
+        if raw is not None:
+            if queries is not None:
+                raise InvalidArgument("give either queries (vectors) or raw images/texts, not both")
+            if radius is not None:  # pages re-send the query: embed once, then search with the vectors
+                queries = self.embed(info.embedder, **{kind: raw})
+            else:
+                return self._raw_search(collection, info, raw, kind, k, filter, include_metadata)
+        if queries is None:
+            raise InvalidArgument("search: give queries (vectors) or raw images/texts")
         xq = np.asarray(queries)
         xq = as_matrix(xq[None, :] if xq.ndim == 1 else xq, "queries")  # the server checks the dimension
         p = dict(params or {})
@@ -173,6 +281,20 @@ class ClientBase:
                 metas.append(meta)
                 row += 1
         return SearchResult(ids, D, metas if include_metadata else None)
+
+    def _raw_search(self, collection, info, raw, kind, k, filter, include_metadata) -> SearchResult:  # noqa: A002
+        ids, metas, blocks = [], [], []
+        for a, b in _spans([len(r) + PER_ROW_OVERHEAD for r in raw], self._budget):
+            part = self._shrinking(lambda rows: self._search(
+                collection, None, k, None, _filter_text(filter), (0, 0, 0), include_metadata, 0, "", "",
+                **{kind: list(rows)}), raw[a:b])
+            for hit_ids, dist, meta, _ in part:
+                ids.append(hit_ids)
+                row = np.full(k, worst(info.metric), np.float32)
+                row[:len(dist)] = dist
+                blocks.append(row)
+                metas.append(meta)
+        return SearchResult(ids, np.stack(blocks), metas if include_metadata else None)
 
     def _range(self, collection, xq, radius, ftext, sp, include_metadata, page_size, head="") -> SearchResult:
         ids, dists, metas = [], [], []
@@ -306,6 +428,9 @@ class ClientBase:
     def _list_heads(self, collection) -> list[HeadInfo]: raise NotImplementedError
     def _delete_head(self, name) -> int: raise NotImplementedError
     def _predict(self, head, ids, x, images, texts) -> Prediction: raise NotImplementedError
+    def _list_embedders(self) -> list[EmbedderInfo]: raise NotImplementedError
+    def _embed(self, embedder, images, texts, all_frames) -> Embedding: raise NotImplementedError
+    def _translate(self, model, texts, beam, max_len) -> list[tuple[str, float]]: raise NotImplementedError
 
     def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token,
                 head="") -> list:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from simdex.wire import canonical_json, content_hash
 
+EXTRA_COMMANDS = ("simdex.clients.cli_embed", "simdex.clients.cli_densenet", "simdex.clients.cli_seq2seq")
 UPLOAD_CHUNK = 4096  # rows per upsert call: each call is one acknowledged transaction
 
 
@@ -37,8 +38,14 @@ def cmd_serve(args) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("--tls-cert and --tls-key go together")
     tls = Tls.from_files(args.tls_cert, args.tls_key) if args.tls_cert else None
+    weights = {}
+    for item in args.weights or ():
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--weights takes NAME=FILE, got {item!r}")
+        weights[name] = path
     serve(args.data, args.host, args.port, args.db, args.token_file, tls, args.max_message_mb,
-          args.snapshot_interval)
+          args.snapshot_interval, weights, args.device)
     return 0
 
 
@@ -229,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-key")
     s.add_argument("--max-message-mb", type=float, default=64)
     s.add_argument("--snapshot-interval", type=float, default=30.0, help="seconds between index snapshots")
+    s.add_argument("--weights", action="append", metavar="NAME=FILE",
+                   help="weights file of an embedder (repeatable); default: the torch hub cache ($TORCH_HOME)")
+    s.add_argument("--device", help="where embedders run: cpu or cuda (default: the GPU when there is one)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("collections", help="create, list, get or delete collections")
@@ -321,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--filter")
     client_args(s)
     s.set_defaults(func=cmd_count)
+
+    # Command families in modules of their own; each has add_parsers(sub, client_args) and imports torch lazily.
+    import importlib  # noqa: PLC0415
+
+    for mod in EXTRA_COMMANDS:
+        importlib.import_module(mod).add_parsers(sub, client_args)
     return p
 
 

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from simdex.clients.base import ClientBase
-from simdex.clients.types import Cluster, CollectionInfo, HeadInfo, Item, Prediction
+from simdex.clients.types import Cluster, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, Item, Prediction
 
 
 def _info(s) -> CollectionInfo:
-    return CollectionInfo(s.name, s.dim, s.metric, s.index, s.count, s.trained, s.seq, s.created_unix_ms, s.embedder)
+    return CollectionInfo(s.name, s.dim, s.metric, s.index, s.count, s.trained, s.seq, s.created_unix_ms, s.embedder,
+                          s.embedder_fingerprint)
 
 
 def _head(r) -> HeadInfo:
@@ -15,10 +16,13 @@ def _head(r) -> HeadInfo:
 
 
 class LocalClient(ClientBase):
-    def __init__(self, path: str, db_url: str | None = None, snapshot_interval: float = 30.0):
-        from simdex.index.service import Simdex  # noqa: PLC0415 - keep the client import light
+    def __init__(self, path: str, db_url: str | None = None, snapshot_interval: float = 30.0,
+                 weights: dict[str, str] | None = None, device: str | None = None):
+        from simdex.embedder.registry import EmbedderPool  # noqa: PLC0415 - keep the client import light
+        from simdex.index.service import Simdex  # noqa: PLC0415
 
-        self.service = Simdex(path, db_url, snapshot_interval=snapshot_interval)
+        self.service = Simdex(path, db_url, snapshot_interval=snapshot_interval,
+                              embedders=EmbedderPool(weights, device))
 
     def close(self) -> None:
         self.service.close()
@@ -39,11 +43,13 @@ class LocalClient(ClientBase):
         import numpy as np  # noqa: PLC0415
 
         chunks = list(chunks)
-        ids = [i for c in chunks for i in c[0]]
-        x = np.concatenate([c[1] for c in chunks])
-        metas = [m for c in chunks for m in c[2]]
-        hashes = [h for c in chunks for h in c[3]]
-        return self.service.upsert(name, ids, x, metas, hashes)[0]
+        ids = [i for c in chunks for i in c.ids]
+        blocks = [c.vectors for c in chunks if c.vectors is not None]
+        return self.service.upsert(name, ids, np.concatenate(blocks) if blocks else None,
+                                   [m for c in chunks for m in c.metadata],
+                                   [h for c in chunks for h in c.content_hashes],
+                                   images=[b for c in chunks for b in c.images], texts=[t for c in chunks for t in c.texts],
+                                   fingerprint=chunks[0].fingerprint)[0]
 
     def _delete(self, name, ids, ignore_missing):
         return self.service.delete(name, ids, ignore_missing)[0]
@@ -55,13 +61,14 @@ class LocalClient(ClientBase):
     def _count(self, name, filter_text):
         return self.service.count(name, filter_text)
 
-    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token, head=""):
+    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token, head="",
+                images=(), texts=()):
         from simdex.index.ann import Params  # noqa: PLC0415
         from simdex.index import paging  # noqa: PLC0415
 
         hits, metas = self.service.search(name, xq, k, radius=radius, filter=filter_text, params=Params(*params),
                                           page_size=page_size, page_token=token, include_metadata=include_metadata,
-                                          head=head)
+                                          head=head, images=images, texts=texts)
         return [(h.ids, h.distances, metas[i] if metas else [],
                  paging.encode(offset=h.next_offset) if h.next_offset is not None else "")
                 for i, h in enumerate(hits)]
@@ -95,3 +102,14 @@ class LocalClient(ClientBase):
             return Prediction([], None, None, p.projections, p.version)
         classes = list(p.classes)
         return Prediction(classes, [classes[i] for i in p.label_indices.tolist()], p.probabilities, None, p.version)
+
+    def _list_embedders(self):
+        return [EmbedderInfo(e.name, e.modality, e.dim, e.description, e.weights_present, e.weights_file,
+                             e.fingerprint) for e in self.service.list_embedders()]
+
+    def _embed(self, embedder, images, texts, all_frames):
+        e = self.service.embed(embedder, images, texts, all_frames)
+        return Embedding(e.vectors, e.fingerprint, e.item_index, e.frame_index, e.metadata)
+
+    def _translate(self, model, texts, beam, max_len):
+        return self.service.translate(model, texts, beam, max_len)

@@ -7,7 +7,7 @@ import grpc
 import numpy as np
 
 from simdex.clients.base import DEFAULT_MAX_MESSAGE_MB, ClientBase
-from simdex.clients.types import Cluster, CollectionInfo, HeadInfo, Item, Prediction
+from simdex.clients.types import Cluster, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, Item, Prediction
 from simdex.errors import from_code
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
@@ -15,7 +15,8 @@ from simdex.wire import pack, unpack, unpack_floats
 
 
 def _info(c: pb.Collection) -> CollectionInfo:
-    return CollectionInfo(c.name, c.dim, c.metric, c.index, c.count, c.trained, c.seq, c.created_unix_ms, c.embedder)
+    return CollectionInfo(c.name, c.dim, c.metric, c.index, c.count, c.trained, c.seq, c.created_unix_ms, c.embedder,
+                          c.embedder_fingerprint)
 
 
 def _head(h: pb.Head) -> HeadInfo:
@@ -73,8 +74,10 @@ class RemoteClient(ClientBase):
 
     def _upsert(self, name, chunks):
         messages = (
-            pb.UpsertRequest(collection=name, ids=ids, vectors=_matrix(x), metadata=metas, content_hashes=hashes)
-            for ids, x, metas, hashes in chunks
+            pb.UpsertRequest(collection=name, ids=c.ids, vectors=_matrix(c.vectors) if c.vectors is not None else None,
+                             metadata=c.metadata, content_hashes=c.content_hashes, images=c.images, texts=c.texts,
+                             embedder_fingerprint=c.fingerprint)
+            for c in chunks
         )
         return self._call(self.stub.Upsert, messages).upserted
 
@@ -92,8 +95,10 @@ class RemoteClient(ClientBase):
     def _count(self, name, filter_text):
         return self._call(self.stub.Count, pb.CountRequest(collection=name, filter=filter_text)).count
 
-    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token, head=""):
-        req = pb.SearchRequest(collection=name, queries=_matrix(xq), k=k, filter=filter_text,
+    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token, head="",
+                images=(), texts=()):
+        req = pb.SearchRequest(collection=name, queries=_matrix(xq) if xq is not None else None, k=k,
+                               filter=filter_text, images=images, texts=texts,
                                params=pb.SearchParams(nprobe=params[0], ef_search=params[1], k_factor=params[2]),
                                include_metadata=include_metadata, page_size=page_size, page_token=token, head=head)
         if radius is not None:
@@ -143,3 +148,19 @@ class RemoteClient(ClientBase):
         classes = [json.loads(c) for c in r.classes]
         P = unpack(r.probabilities.data, r.probabilities.shape, "probabilities").copy()
         return Prediction(classes, [classes[i] for i in r.label_indices], P, None, r.version)
+
+    def _list_embedders(self):
+        r = self._call(self.stub.ListEmbedders, pb.ListEmbeddersRequest())
+        return [EmbedderInfo(e.name, e.modality, e.dim, e.description, e.weights_present, e.weights_file,
+                             e.fingerprint) for e in r.embedders]
+
+    def _embed(self, embedder, images, texts, all_frames):
+        r = self._call(self.stub.Embed, pb.EmbedRequest(embedder=embedder, images=images, texts=texts,
+                                                        all_frames=all_frames))
+        return Embedding(unpack(r.vectors.data, r.vectors.shape, "vectors").copy(), r.fingerprint,
+                         np.asarray(r.item_index, np.int64), np.asarray(r.frame_index, np.int64),
+                         [json.loads(m) for m in r.metadata])
+
+    def _translate(self, model, texts, beam, max_len):
+        r = self._call(self.stub.Translate, pb.TranslateRequest(model=model, texts=texts, beam=beam, max_len=max_len))
+        return list(zip(r.translations, r.scores))

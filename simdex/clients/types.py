@@ -17,6 +17,41 @@ class CollectionInfo:
     seq: int
     created_unix_ms: int
     embedder: str = ""
+    embedder_fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class EmbedderInfo:
+    name: str
+    modality: str          # "image" | "text"
+    dim: int
+    description: str
+    weights_present: bool
+    weights_file: str      # where the server looks for the weights ("" for random weights)
+    fingerprint: str       # of the loaded weights; "" until the server loads them
+
+
+@dataclass
+class Embedding:
+    """vectors (rows, dim) float32; row r is input item_index[r], frame frame_index[r], with metadata[r] (the
+    input's allow-listed DICOM tags, {} otherwise)."""
+    vectors: np.ndarray
+    fingerprint: str
+    item_index: np.ndarray
+    frame_index: np.ndarray
+    metadata: list[dict]
+
+
+@dataclass
+class UpsertChunk:
+    """One Upsert message: ids with either vectors (n, d) float32 or raw images / texts."""
+    ids: list[str]
+    vectors: np.ndarray | None
+    metadata: list[str]
+    content_hashes: list[str]
+    images: list[bytes] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)

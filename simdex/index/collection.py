@@ -98,9 +98,10 @@ class Collection:
             self._rebuild()
 
     # ---- writes (called with validated input) ------------------------------------------------------------
-    def upsert(self, ids: list[str], xb: np.ndarray, metadata: list[dict], hashes: list[str]) -> WriteResult:
+    def upsert(self, ids: list[str], xb: np.ndarray, metadata: list[dict], hashes: list[str],
+               fingerprint: str = "") -> WriteResult:
         with self.write_lock:
-            res = self.store.upsert(self.info.id, ids, xb, metadata, hashes)
+            res = self.store.upsert(self.info.id, ids, xb, metadata, hashes, fingerprint)
             self.ann.remove(res.removed_iids)
             self.ann.add(res.added_iids, list(ids), xb)
             self.seq = res.seq

@@ -18,6 +18,9 @@ from simdex.index.ann import Params, make_faiss_index
 from simdex.index.collection import Collection, Hits
 from simdex.index.headstore import HeadRecord, HeadStore
 from simdex.index.linear import project
+from simdex.embedder import registry
+from simdex.embedder.inputs import Embedded, embed_raw
+from simdex.embedder.registry import EmbedderPool
 from simdex.index.store import CollectionInfo, Store, check_metadata, make_engine, migrate
 from simdex.wire import as_matrix, canonical_json, content_hash
 
@@ -27,6 +30,7 @@ MAX_ID_LEN = 512
 MAX_K = 10_000
 DEFAULT_PAGE = 1000
 METRICS = ("l2", "ip", "cosine")
+MAX_EMBED = 4096  # raw items per Embed call
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,18 @@ class CollectionStatus:
     seq: int
     created_unix_ms: int
     embedder: str = ""
+    embedder_fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class EmbedderStatus:
+    name: str
+    modality: str
+    dim: int
+    description: str
+    weights_present: bool
+    weights_file: str
+    fingerprint: str
 
 
 def check_name(name: str, what: str = "collection") -> str:
@@ -70,8 +86,10 @@ def check_ids(ids, what: str = "ids", unique: bool = True) -> list[str]:
 class Simdex:
     """All collections of one data directory / database."""
 
-    def __init__(self, data_dir: str | Path, db_url: str | None = None, snapshot_interval: float = 30.0):
+    def __init__(self, data_dir: str | Path, db_url: str | None = None, snapshot_interval: float = 30.0,
+                 embedders: EmbedderPool | None = None):
         self.data_dir = Path(data_dir)
+        self.embedders = embedders or EmbedderPool()
         (self.data_dir / "indexes").mkdir(parents=True, exist_ok=True)
         url = db_url or f"sqlite:///{(self.data_dir / 'simdex.db').resolve()}"
         self.engine = make_engine(url)
@@ -104,8 +122,9 @@ class Simdex:
 
     def _status(self, col: Collection) -> CollectionStatus:
         i = col.info
+        fp = self.store.embedder_fingerprint(i.id) if i.embedder else ""
         return CollectionStatus(i.name, i.dim, i.metric, i.index, col.ann.n_live, col.ann.trained, col.seq,
-                                i.created_unix_ms, i.embedder)
+                                i.created_unix_ms, i.embedder, fp)
 
     # ---- collections -------------------------------------------------------------------------------------
     def create_collection(self, name: str, dim: int, metric: str = "l2", index: str = "Flat",
@@ -116,12 +135,17 @@ class Simdex:
         if metric not in METRICS:
             raise InvalidArgument(f"metric {metric!r} is not one of {list(METRICS)}")
         if embedder:
-            raise FailedPrecondition(f"embedder {embedder!r}: embedder-backed collections are not available yet")
+            espec = registry.spec(embedder)
+            if dim and dim != espec.dim:
+                raise InvalidArgument(f"dim {dim} does not match embedder {embedder!r}, which gives {espec.dim}-d "
+                                      "vectors; leave dim out (0) to take the embedder's")
+            dim = espec.dim
+            registry.weights_path(embedder, self.embedders.weights.get(embedder))  # missing weights: fail now
         if not isinstance(dim, int) or dim <= 0:
             raise InvalidArgument(f"dim must be a positive integer, got {dim!r}")
         make_faiss_index(dim, metric, index)  # validates dim, metric and description
         with self._lock:
-            info = self.store.create_collection(name, dim, metric, index)
+            info = self.store.create_collection(name, dim, metric, index, embedder)
             col = self._open(info)
             self._cols[name] = col
         return self._status(col)
@@ -141,22 +165,69 @@ class Simdex:
             col.close(remove_snapshot=True)
 
     # ---- items -------------------------------------------------------------------------------------------
-    def upsert(self, name: str, ids, vectors, metadata=(), hashes=()) -> tuple[int, int]:
-        """Store (n, d) float32 `vectors` under `ids` in one transaction. Returns (n, seq)."""
+    def upsert(self, name: str, ids, vectors=None, metadata=(), hashes=(), *, images=(), texts=(),
+               fingerprint: str = "") -> tuple[int, int]:
+        """Store (n, d) float32 `vectors` (or raw `images`/`texts`, embedded by the collection's embedder) under
+        `ids` in one transaction. Returns (n, seq).
+
+        Vectors for an embedder-backed collection must name the `fingerprint` of the weights that made them."""
         col = self._col(name)
         ids = check_ids(ids)
-        xb = as_matrix(vectors, "vectors", col.info.dim)
-        if len(xb) != len(ids):
-            raise InvalidArgument(f"vectors: {len(xb)} rows for {len(ids)} ids")
         metas = check_metadata(list(metadata), len(ids))
         hashes = list(hashes)
         if hashes and len(hashes) != len(ids):
             raise InvalidArgument(f"content_hashes: got {len(hashes)} for {len(ids)} ids")
-        texts = [canonical_json(m) for m in metas]
+        raw = list(images) or list(texts)
+        if raw:
+            if vectors is not None:
+                raise InvalidArgument("give either vectors or raw items (images, texts), not both")
+            if len(raw) != len(ids):
+                raise InvalidArgument(f"{len(raw)} raw items for {len(ids)} ids")
+            e = embed_raw(self._embedder_of(col), images, texts, ids)
+            xb, fingerprint = e.vectors, e.fingerprint
+            metas = [{**e.metadata[i], **metas[i]} for i in range(len(ids))]  # the caller's keys win
+            keys = [r if isinstance(r, bytes) else r.encode() for r in raw]
+        else:
+            if vectors is None:
+                raise InvalidArgument("upsert: give vectors or raw items (images, texts)")
+            xb = as_matrix(vectors, "vectors", col.info.dim)
+            if len(xb) != len(ids):
+                raise InvalidArgument(f"vectors: {len(xb)} rows for {len(ids)} ids")
+            if col.info.embedder and not fingerprint:
+                raise FailedPrecondition(
+                    f"collection {name!r} is filled by embedder {col.info.embedder!r}: send raw items, or vectors "
+                    "with the embedder_fingerprint of the weights that made them")
+            keys = [xb[i].tobytes() for i in range(len(ids))]
+        if fingerprint and not col.info.embedder:
+            raise FailedPrecondition(f"collection {name!r} stores plain vectors; an embedder_fingerprint was sent")
         if not hashes:
-            hashes = [content_hash(xb[i].tobytes(), texts[i]) for i in range(len(ids))]
-        res = col.upsert(ids, xb, metas, hashes)
+            hashes = [content_hash(keys[i], canonical_json(metas[i])) for i in range(len(ids))]
+        res = col.upsert(ids, xb, metas, hashes, fingerprint)
         return len(ids), res.seq
+
+    # ---- embedders -----------------------------------------------------------------------------------------
+    def _embedder_of(self, col: Collection):
+        if not col.info.embedder:
+            raise FailedPrecondition(f"collection {col.name!r} stores plain vectors (no embedder): send vectors, "
+                                     "or create a collection with an embedder to send raw images or texts")
+        return self.embedders.get(col.info.embedder)
+
+    def list_embedders(self) -> list[EmbedderStatus]:
+        return [EmbedderStatus(s.name, s.modality, s.dim, s.description, self.embedders.present(s.name),
+                               self.embedders.where(s.name), self.embedders.loaded_fingerprint(s.name))
+                for s in registry.specs()]
+
+    def embed(self, embedder: str, images=(), texts=(), all_frames: bool = False) -> Embedded:
+        registry.spec(embedder)
+        n = len(images) + len(texts)
+        if n > MAX_EMBED:
+            raise InvalidArgument(f"embed: {n} items in one request, more than {MAX_EMBED}; send fewer per call")
+        return embed_raw(self.embedders.get(embedder), images, texts, all_frames=all_frames)
+
+    def translate(self, model: str, texts, beam: int = 1, max_len: int = 0) -> list[tuple[str, float]]:
+        from simdex.embedder.seq2seq.serving import translate  # noqa: PLC0415 - torch model loads on demand
+
+        return translate(model or "questions-fr-en", list(texts), beam, max_len)
 
     def delete(self, name: str, ids, ignore_missing: bool = False) -> tuple[int, int]:
         col = self._col(name)
@@ -172,13 +243,21 @@ class Simdex:
         spec = filters.parse(filter)
         return col.ann.n_live if not spec else self.store.count(col.info.id, spec)
 
-    def search(self, name: str, queries, k: int = 10, *, radius: float | None = None, filter=None,  # noqa: A002
-               params: Params = Params(), page_size: int = 0, page_token: str = "",
-               include_metadata: bool = False, head: str = "") -> tuple[list[Hits], list[list[dict]] | None]:
+    def search(self, name: str, queries=None, k: int = 10, *, radius: float | None = None,
+               filter=None, params: Params = Params(), page_size: int = 0, page_token: str = "",  # noqa: A002
+               include_metadata: bool = False, head: str = "", images=(), texts=(),
+               ) -> tuple[list[Hits], list[list[dict]] | None]:
         """k-NN or range search. Returns (one Hits per query, metadata per hit when asked).
 
-        With `head`, a projection head into this collection: queries are (nq, head dim) in its source space."""
+        With `head`, a projection head into this collection: queries are (nq, head dim) in its source space.
+        With `images`/`texts` (and no queries), the collection's embedder makes the queries."""
         col = self._col(name)
+        if images or texts:
+            if queries is not None or head:
+                raise InvalidArgument("give either queries (vectors) or raw images/texts, not both")
+            queries = self._raw_queries(col, images, texts)
+        elif queries is None:
+            raise InvalidArgument("search: give queries (vectors) or raw images/texts")
         xq = self._through_head(head, name, queries) if head else queries
         xq = as_matrix(xq, "queries", col.info.dim)
         spec = filters.parse(filter)
@@ -213,6 +292,15 @@ class Simdex:
             by_iid = self.store.metadata(col.info.id, np.unique(all_iids).tolist())
             metas = [[by_iid.get(int(i), {}) for i in h.iids] for h in hits]
         return hits, metas
+
+    def _raw_queries(self, col: Collection, images, texts) -> np.ndarray:
+        e = embed_raw(self._embedder_of(col), images, texts)
+        fp = self.store.embedder_fingerprint(col.info.id)
+        if fp and fp != e.fingerprint:
+            raise FailedPrecondition(
+                f"collection {col.name!r} was filled with embedder weights {fp}, but {col.info.embedder!r} is now "
+                f"loaded with {e.fingerprint}; refill the collection or serve the original weights")
+        return e.vectors
 
     def cluster(self, name: str, spec: clustering.ClusterSpec, page_size: int = 0, page_token: str = ""):
         """Mean shift over the collection (or its filtered items). -> (Clustering, start, end, next token)."""
@@ -250,9 +338,14 @@ class Simdex:
         """Run the latest version of head `name` on items of its collection (`ids`) or (n, dim) float32 `vectors`."""
         rec = self.heads.get(check_name(name, "head"), with_weights=True)
         if images or texts:
-            raise FailedPrecondition(
-                f"head {name!r}: raw inputs (images, texts) need an embedder-backed collection, and collection "
-                f"{rec.collection!r} stores plain vectors (embedders are not available yet); send vectors or ids")
+            if ids or vectors is not None:
+                raise InvalidArgument("predict: give exactly one of ids, vectors or raw images/texts")
+            e = embed_raw(self._embedder_of(self._col(rec.collection)), images, texts)
+            if rec.embedder_fingerprint and e.fingerprint != rec.embedder_fingerprint:
+                raise FailedPrecondition(f"head {name!r} was trained on vectors of weights "
+                                         f"{rec.embedder_fingerprint}; the loaded embedder has {e.fingerprint}")
+            heads.check_fresh(rec, self.store)
+            return heads.apply(rec, e.vectors)
         ids = list(ids or [])
         if bool(ids) == (vectors is not None):
             raise InvalidArgument("predict: give exactly one of ids or vectors")

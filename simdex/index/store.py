@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from simdex.errors import AlreadyExists, InvalidArgument, NotFound
+from simdex.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from simdex.index import filters
 
 LOG = logging.getLogger(__name__)
@@ -211,13 +211,23 @@ class Store:
             conn.execute(update(CollectionRow).where(CollectionRow.id == cid).values(embedder_fingerprint=fingerprint))
 
     # ---- writes ------------------------------------------------------------------------------------------
-    def _lock_collection(self, conn, cid: int):
-        stmt = select(CollectionRow.seq, CollectionRow.next_iid).where(CollectionRow.id == cid)
+    def _lock_collection(self, conn, cid: int, fingerprint: str = ""):
+        """Lock the collection row for this transaction; with a `fingerprint`, check it against the collection's
+        (recording it if this is the collection's first embedder-made write)."""
+        stmt = select(CollectionRow.seq, CollectionRow.next_iid, CollectionRow.embedder_fingerprint,
+                      CollectionRow.name).where(CollectionRow.id == cid)
         if self.dialect != "sqlite":
             stmt = stmt.with_for_update()
         row = conn.execute(stmt).first()
         if row is None:
             raise NotFound("collection was deleted")
+        if fingerprint and row.embedder_fingerprint != fingerprint:
+            if row.embedder_fingerprint:
+                raise FailedPrecondition(
+                    f"collection {row.name!r} holds vectors of embedder weights {row.embedder_fingerprint}; these "
+                    f"were made with {fingerprint}, and the two spaces do not mix")
+            conn.execute(update(CollectionRow).where(CollectionRow.id == cid)
+                         .values(embedder_fingerprint=fingerprint))
         return row.seq, row.next_iid
 
     def _existing(self, conn, cid: int, ext_ids: Sequence[str]) -> dict[str, int]:
@@ -239,7 +249,7 @@ class Store:
         """Replace-or-insert `ids` with (n, d) float32 `vectors` in one transaction."""
         n = len(ids)
         with self.engine.begin() as conn:
-            seq, next_iid = self._lock_collection(conn, cid)
+            seq, next_iid = self._lock_collection(conn, cid, fingerprint)
             seq += 1
             old = self._existing(conn, cid, ids)
             removed = np.fromiter(old.values(), dtype=np.int64, count=len(old))

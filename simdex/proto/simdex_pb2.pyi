@@ -60,6 +60,7 @@ class Collection(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     EMBEDDER_FIELD_NUMBER: _builtins.int
+    EMBEDDER_FINGERPRINT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     dim: _builtins.int
     metric: _builtins.str
@@ -75,6 +76,8 @@ class Collection(_message.Message):
     created_unix_ms: _builtins.int
     embedder: _builtins.str
     """name of the embedder that fills it ("" for plain vectors)"""
+    embedder_fingerprint: _builtins.str
+    """fingerprint of the weights it was filled with ("" until the first write)"""
     def __init__(
         self,
         *,
@@ -87,10 +90,11 @@ class Collection(_message.Message):
         seq: _builtins.int = ...,
         created_unix_ms: _builtins.int = ...,
         embedder: _builtins.str = ...,
+        embedder_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "created_unix_ms", b"created_unix_ms", "dim", b"dim", "embedder", b"embedder", "index", b"index", "metric", b"metric", "name", b"name", "seq", b"seq", "trained", b"trained"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "created_unix_ms", b"created_unix_ms", "dim", b"dim", "embedder", b"embedder", "embedder_fingerprint", b"embedder_fingerprint", "index", b"index", "metric", b"metric", "name", b"name", "seq", b"seq", "trained", b"trained"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -107,12 +111,13 @@ class CreateCollectionRequest(_message.Message):
     EMBEDDER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     dim: _builtins.int
+    """0 with an embedder: the embedder's dimension"""
     metric: _builtins.str
     """default "l2" """
     index: _builtins.str
     """default "Flat" """
     embedder: _builtins.str
-    """reserved for embedder-backed collections"""
+    """optional registered embedder (see ListEmbedders): the collection then takes raw"""
     def __init__(
         self,
         *,
@@ -231,7 +236,12 @@ class UpsertRequest(_message.Message):
     VECTORS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     CONTENT_HASHES_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    EMBEDDER_FINGERPRINT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
+    embedder_fingerprint: _builtins.str
+    """vectors embedded by the client: the fingerprint of the weights used;"""
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """external ids; an existing id is replaced"""
@@ -246,7 +256,17 @@ class UpsertRequest(_message.Message):
 
     @_builtins.property
     def content_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """optional, one per id; default: sha256 of vector and metadata"""
+        """optional, one per id; default: sha256 of vector (or raw item) and metadata"""
+
+    @_builtins.property
+    def images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Raw items instead of vectors, for a collection with an embedder: one per id, embedded by the server.
+        encoded image (PNG, JPEG, ...) or DICOM (Part 10) bytes
+        """
+
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """sentences, for a text embedder"""
 
     def __init__(
         self,
@@ -256,10 +276,13 @@ class UpsertRequest(_message.Message):
         vectors: Global___Matrix | None = ...,
         metadata: _abc.Iterable[_builtins.str] | None = ...,
         content_hashes: _abc.Iterable[_builtins.str] | None = ...,
+        images: _abc.Iterable[_builtins.bytes] | None = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        embedder_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["vectors", b"vectors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "content_hashes", b"content_hashes", "ids", b"ids", "metadata", b"metadata", "vectors", b"vectors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "content_hashes", b"content_hashes", "embedder_fingerprint", b"embedder_fingerprint", "ids", b"ids", "images", b"images", "metadata", b"metadata", "texts", b"texts", "vectors", b"vectors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -486,6 +509,8 @@ class SearchRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     HEAD_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     k: _builtins.int
     """k-NN: best k per query. With radius: unused"""
@@ -508,6 +533,14 @@ class SearchRequest(_message.Message):
 
     @_builtins.property
     def params(self) -> Global___SearchParams: ...
+    @_builtins.property
+    def images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """head's source space, (nq, head dim), and are projected before the search
+        raw queries instead of `queries`, for a collection with an embedder
+        """
+
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -521,10 +554,12 @@ class SearchRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         head: _builtins.str = ...,
+        images: _abc.Iterable[_builtins.bytes] | None = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_radius", b"_radius", "params", b"params", "queries", b"queries", "radius", b"radius"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_radius", b"_radius", "collection", b"collection", "filter", b"filter", "head", b"head", "include_metadata", b"include_metadata", "k", b"k", "page_size", b"page_size", "page_token", b"page_token", "params", b"params", "queries", b"queries", "radius", b"radius"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_radius", b"_radius", "collection", b"collection", "filter", b"filter", "head", b"head", "images", b"images", "include_metadata", b"include_metadata", "k", b"k", "page_size", b"page_size", "page_token", b"page_token", "params", b"params", "queries", b"queries", "radius", b"radius", "texts", b"texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__radius: _TypeAlias = _typing.Literal["radius"]  # noqa: Y015
     _WhichOneofArgType__radius: _TypeAlias = _typing.Literal["_radius", b"_radius"]  # noqa: Y015
@@ -1051,3 +1086,219 @@ class PredictResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PredictResponse: _TypeAlias = PredictResponse  # noqa: Y015
+
+@_typing.final
+class Embedder(_message.Message):
+    """Registered embedders (simdex.embedder)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MODALITY_FIELD_NUMBER: _builtins.int
+    DIM_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    WEIGHTS_PRESENT_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FILE_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """e.g. "vgg16-fc6" """
+    modality: _builtins.str
+    """"image" | "text" """
+    dim: _builtins.int
+    description: _builtins.str
+    weights_present: _builtins.bool
+    """the weights file is where the server looks (or the weights are random)"""
+    weights_file: _builtins.str
+    """where the server looks for the weights ("" for random weights)"""
+    fingerprint: _builtins.str
+    """of the loaded weights; "" until the embedder is loaded"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        modality: _builtins.str = ...,
+        dim: _builtins.int = ...,
+        description: _builtins.str = ...,
+        weights_present: _builtins.bool = ...,
+        weights_file: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "dim", b"dim", "fingerprint", b"fingerprint", "modality", b"modality", "name", b"name", "weights_file", b"weights_file", "weights_present", b"weights_present"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Embedder: _TypeAlias = Embedder  # noqa: Y015
+
+@_typing.final
+class ListEmbeddersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEmbeddersRequest: _TypeAlias = ListEmbeddersRequest  # noqa: Y015
+
+@_typing.final
+class ListEmbeddersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMBEDDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def embedders(self) -> _containers.RepeatedCompositeFieldContainer[Global___Embedder]: ...
+    def __init__(
+        self,
+        *,
+        embedders: _abc.Iterable[Global___Embedder] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedders", b"embedders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEmbeddersResponse: _TypeAlias = ListEmbeddersResponse  # noqa: Y015
+
+@_typing.final
+class EmbedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMBEDDER_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    ALL_FRAMES_FIELD_NUMBER: _builtins.int
+    embedder: _builtins.str
+    all_frames: _builtins.bool
+    """multi-frame DICOM: one vector per frame (default: the middle frame)"""
+    @_builtins.property
+    def images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """encoded images or DICOM bytes"""
+
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """for a text embedder"""
+
+    def __init__(
+        self,
+        *,
+        embedder: _builtins.str = ...,
+        images: _abc.Iterable[_builtins.bytes] | None = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        all_frames: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_frames", b"all_frames", "embedder", b"embedder", "images", b"images", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbedRequest: _TypeAlias = EmbedRequest  # noqa: Y015
+
+@_typing.final
+class EmbedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VECTORS_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    ITEM_INDEX_FIELD_NUMBER: _builtins.int
+    FRAME_INDEX_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    fingerprint: _builtins.str
+    """of the weights that made them"""
+    @_builtins.property
+    def vectors(self) -> Global___Matrix:
+        """(rows, dim) float32"""
+
+    @_builtins.property
+    def item_index(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """the input each row comes from (several rows per input with all_frames)"""
+
+    @_builtins.property
+    def frame_index(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """the frame of that input (0 for single-frame inputs)"""
+
+    @_builtins.property
+    def metadata(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """per row: JSON object of the input's allow-listed DICOM tags ({} otherwise)"""
+
+    def __init__(
+        self,
+        *,
+        vectors: Global___Matrix | None = ...,
+        fingerprint: _builtins.str = ...,
+        item_index: _abc.Iterable[_builtins.int] | None = ...,
+        frame_index: _abc.Iterable[_builtins.int] | None = ...,
+        metadata: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["vectors", b"vectors"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "frame_index", b"frame_index", "item_index", b"item_index", "metadata", b"metadata", "vectors", b"vectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbedResponse: _TypeAlias = EmbedResponse  # noqa: Y015
+
+@_typing.final
+class TranslateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    BEAM_FIELD_NUMBER: _builtins.int
+    MAX_LEN_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """a shipped model name ("spelling-bee") or a server-side registered model"""
+    beam: _builtins.int
+    """0 or 1: greedy decoding"""
+    max_len: _builtins.int
+    """0: the model's default"""
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        beam: _builtins.int = ...,
+        max_len: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beam", b"beam", "max_len", b"max_len", "model", b"model", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TranslateRequest: _TypeAlias = TranslateRequest  # noqa: Y015
+
+@_typing.final
+class TranslateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSLATIONS_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def translations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """length-normalised log-probability of each translation"""
+
+    def __init__(
+        self,
+        *,
+        translations: _abc.Iterable[_builtins.str] | None = ...,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scores", b"scores", "translations", b"translations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TranslateResponse: _TypeAlias = TranslateResponse  # noqa: Y015

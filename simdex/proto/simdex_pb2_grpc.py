@@ -109,6 +109,21 @@ class SimdexStub:
                 request_serializer=simdex_dot_proto_dot_simdex__pb2.PredictRequest.SerializeToString,
                 response_deserializer=simdex_dot_proto_dot_simdex__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.ListEmbedders = channel.unary_unary(
+                '/simdex.v1.Simdex/ListEmbedders',
+                request_serializer=simdex_dot_proto_dot_simdex__pb2.ListEmbeddersRequest.SerializeToString,
+                response_deserializer=simdex_dot_proto_dot_simdex__pb2.ListEmbeddersResponse.FromString,
+                _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/simdex.v1.Simdex/Embed',
+                request_serializer=simdex_dot_proto_dot_simdex__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=simdex_dot_proto_dot_simdex__pb2.EmbedResponse.FromString,
+                _registered_method=True)
+        self.Translate = channel.unary_unary(
+                '/simdex.v1.Simdex/Translate',
+                request_serializer=simdex_dot_proto_dot_simdex__pb2.TranslateRequest.SerializeToString,
+                response_deserializer=simdex_dot_proto_dot_simdex__pb2.TranslateResponse.FromString,
+                _registered_method=True)
 
 
 class SimdexServicer:
@@ -204,6 +219,24 @@ class SimdexServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEmbedders(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Embed(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Translate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SimdexServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -281,6 +314,21 @@ def add_SimdexServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=simdex_dot_proto_dot_simdex__pb2.PredictRequest.FromString,
                     response_serializer=simdex_dot_proto_dot_simdex__pb2.PredictResponse.SerializeToString,
+            ),
+            'ListEmbedders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEmbedders,
+                    request_deserializer=simdex_dot_proto_dot_simdex__pb2.ListEmbeddersRequest.FromString,
+                    response_serializer=simdex_dot_proto_dot_simdex__pb2.ListEmbeddersResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=simdex_dot_proto_dot_simdex__pb2.EmbedRequest.FromString,
+                    response_serializer=simdex_dot_proto_dot_simdex__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Translate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Translate,
+                    request_deserializer=simdex_dot_proto_dot_simdex__pb2.TranslateRequest.FromString,
+                    response_serializer=simdex_dot_proto_dot_simdex__pb2.TranslateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -688,6 +736,87 @@ class Simdex:
             '/simdex.v1.Simdex/Predict',
             simdex_dot_proto_dot_simdex__pb2.PredictRequest.SerializeToString,
             simdex_dot_proto_dot_simdex__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEmbedders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simdex.v1.Simdex/ListEmbedders',
+            simdex_dot_proto_dot_simdex__pb2.ListEmbeddersRequest.SerializeToString,
+            simdex_dot_proto_dot_simdex__pb2.ListEmbeddersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simdex.v1.Simdex/Embed',
+            simdex_dot_proto_dot_simdex__pb2.EmbedRequest.SerializeToString,
+            simdex_dot_proto_dot_simdex__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Translate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simdex.v1.Simdex/Translate',
+            simdex_dot_proto_dot_simdex__pb2.TranslateRequest.SerializeToString,
+            simdex_dot_proto_dot_simdex__pb2.TranslateResponse.FromString,
             options,
             channel_credentials,
             insecure,

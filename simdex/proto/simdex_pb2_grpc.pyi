@@ -46,6 +46,9 @@ class SimdexStub:
     ListHeads: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.ListHeadsRequest, _simdex_pb2.ListHeadsResponse]
     DeleteHead: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.DeleteHeadRequest, _simdex_pb2.DeleteHeadResponse]
     Predict: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.PredictRequest, _simdex_pb2.PredictResponse]
+    ListEmbedders: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.ListEmbeddersRequest, _simdex_pb2.ListEmbeddersResponse]
+    Embed: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.EmbedRequest, _simdex_pb2.EmbedResponse]
+    Translate: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.TranslateRequest, _simdex_pb2.TranslateResponse]
 
 @_typing.type_check_only
 class SimdexAsyncStub(SimdexStub):
@@ -65,6 +68,9 @@ class SimdexAsyncStub(SimdexStub):
     ListHeads: _aio.UnaryUnaryMultiCallable[_simdex_pb2.ListHeadsRequest, _simdex_pb2.ListHeadsResponse]  # type: ignore[assignment]
     DeleteHead: _aio.UnaryUnaryMultiCallable[_simdex_pb2.DeleteHeadRequest, _simdex_pb2.DeleteHeadResponse]  # type: ignore[assignment]
     Predict: _aio.UnaryUnaryMultiCallable[_simdex_pb2.PredictRequest, _simdex_pb2.PredictResponse]  # type: ignore[assignment]
+    ListEmbedders: _aio.UnaryUnaryMultiCallable[_simdex_pb2.ListEmbeddersRequest, _simdex_pb2.ListEmbeddersResponse]  # type: ignore[assignment]
+    Embed: _aio.UnaryUnaryMultiCallable[_simdex_pb2.EmbedRequest, _simdex_pb2.EmbedResponse]  # type: ignore[assignment]
+    Translate: _aio.UnaryUnaryMultiCallable[_simdex_pb2.TranslateRequest, _simdex_pb2.TranslateResponse]  # type: ignore[assignment]
 
 class SimdexServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -171,5 +177,26 @@ class SimdexServicer(metaclass=_abc_1.ABCMeta):
         request: _simdex_pb2.PredictRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_simdex_pb2.PredictResponse, _abc.Awaitable[_simdex_pb2.PredictResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListEmbedders(
+        self,
+        request: _simdex_pb2.ListEmbeddersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_simdex_pb2.ListEmbeddersResponse, _abc.Awaitable[_simdex_pb2.ListEmbeddersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _simdex_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_simdex_pb2.EmbedResponse, _abc.Awaitable[_simdex_pb2.EmbedResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Translate(
+        self,
+        request: _simdex_pb2.TranslateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_simdex_pb2.TranslateResponse, _abc.Awaitable[_simdex_pb2.TranslateResponse]]: ...
 
 def add_SimdexServicer_to_server(servicer: SimdexServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

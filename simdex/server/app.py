@@ -67,11 +67,21 @@ def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str |
 
 def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str | None = None,
           token_file: str | None = None, tls: Tls | None = None,
-          max_message_mb: float = DEFAULT_MAX_MESSAGE_MB, snapshot_interval: float = 30.0) -> None:
+          max_message_mb: float = DEFAULT_MAX_MESSAGE_MB, snapshot_interval: float = 30.0,
+          weights: dict[str, str] | None = None, device: str | None = None) -> None:
+    """Run a server until SIGTERM/SIGINT. `weights` maps embedder names to weights files (default: the torch hub
+    cache); `device` is where embedders run ("cpu", "cuda"; default: the GPU when there is one)."""
     token = Path(token_file).read_text().strip() if token_file else None
     if token_file and not token:
         raise SystemExit(f"token file {token_file} is empty")
-    service = Simdex(data_dir, db_url, snapshot_interval=snapshot_interval)
+    from simdex.embedder.registry import EmbedderPool  # noqa: PLC0415
+    from simdex.errors import SimdexError  # noqa: PLC0415
+
+    try:
+        pool = EmbedderPool(weights, device)
+    except SimdexError as exc:
+        raise SystemExit(f"simdex: {exc.message}") from None
+    service = Simdex(data_dir, db_url, snapshot_interval=snapshot_interval, embedders=pool)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         server, bound, health_servicer = create_server(service, address, token=token, tls=tls,

@@ -19,7 +19,13 @@ from simdex.wire import pack, unpack
 
 def collection_pb(s) -> pb.Collection:
     return pb.Collection(name=s.name, dim=s.dim, metric=s.metric, index=s.index, count=s.count,
-                         trained=s.trained, seq=s.seq, created_unix_ms=s.created_unix_ms, embedder=s.embedder)
+                         trained=s.trained, seq=s.seq, created_unix_ms=s.created_unix_ms, embedder=s.embedder,
+                         embedder_fingerprint=s.embedder_fingerprint)
+
+
+def embedder_pb(e) -> pb.Embedder:
+    return pb.Embedder(name=e.name, modality=e.modality, dim=e.dim, description=e.description,
+                       weights_present=e.weights_present, weights_file=e.weights_file, fingerprint=e.fingerprint)
 
 
 def head_pb(r) -> pb.Head:
@@ -68,7 +74,7 @@ class SimdexServicer(pb_grpc.SimdexServicer):
 
     @grpc_errors
     def Upsert(self, request_iterator, context):
-        name, ids, blocks, metas, hashes = None, [], [], [], []
+        name, ids, blocks, metas, hashes, images, texts, fps = None, [], [], [], [], [], [], set()
         for i, msg in enumerate(request_iterator):
             if name is None:
                 name = msg.collection
@@ -80,11 +86,23 @@ class SimdexServicer(pb_grpc.SimdexServicer):
             if msg.content_hashes and len(msg.content_hashes) != len(msg.ids):
                 raise InvalidArgument(f"upsert message {i}: {len(msg.content_hashes)} content_hashes for "
                                       f"{len(msg.ids)} ids")
-            x = unpack(msg.vectors.data, msg.vectors.shape, f"upsert message {i} vectors")
-            if len(x) != len(msg.ids):
-                raise InvalidArgument(f"upsert message {i}: {len(x)} vectors for {len(msg.ids)} ids")
+            kinds = [k for k, on in (("vectors", msg.HasField("vectors")), ("images", bool(msg.images)),
+                                     ("texts", bool(msg.texts))) if on]
+            if len(kinds) != 1:
+                raise InvalidArgument(f"upsert message {i}: give exactly one of vectors, images or texts "
+                                      f"(got {kinds or 'none'})")
+            if msg.HasField("vectors"):
+                x = unpack(msg.vectors.data, msg.vectors.shape, f"upsert message {i} vectors")
+                if len(x) != len(msg.ids):
+                    raise InvalidArgument(f"upsert message {i}: {len(x)} vectors for {len(msg.ids)} ids")
+                blocks.append(x)
+            else:
+                raw = msg.images or msg.texts
+                if len(raw) != len(msg.ids):
+                    raise InvalidArgument(f"upsert message {i}: {len(raw)} {kinds[0]} for {len(msg.ids)} ids")
+                (images if msg.images else texts).extend(raw)
+            fps.add(msg.embedder_fingerprint)
             ids.extend(msg.ids)
-            blocks.append(x)
             metas.extend(msg.metadata or [""] * len(msg.ids))
             hashes.extend(msg.content_hashes or [""] * len(msg.ids))
         if name is None or not ids:
@@ -94,10 +112,15 @@ class SimdexServicer(pb_grpc.SimdexServicer):
             hashes = []
         elif given < len(hashes):
             raise InvalidArgument("content_hashes: give one for every item or for none")
+        if sum(map(bool, (blocks, images, texts))) > 1:
+            raise InvalidArgument("upsert stream mixes vectors, images and texts; send one kind per stream")
+        if len(fps) > 1:
+            raise InvalidArgument("upsert stream names several embedder_fingerprints; send one per stream")
         dims = {b.shape[1] for b in blocks}
         if len(dims) > 1:
             raise InvalidArgument(f"upsert stream mixes vector dimensions {sorted(dims)}")
-        n, seq = self.service.upsert(name, ids, np.concatenate(blocks), metas, hashes)
+        n, seq = self.service.upsert(name, ids, np.concatenate(blocks) if blocks else None, metas, hashes,
+                                     images=images, texts=texts, fingerprint=fps.pop())
         return pb.UpsertResponse(upserted=n, seq=seq)
 
     @grpc_errors
@@ -124,10 +147,12 @@ class SimdexServicer(pb_grpc.SimdexServicer):
 
     @grpc_errors
     def Search(self, request, context):
-        xq = unpack(request.queries.data, request.queries.shape, "queries")
+        raw = bool(request.images or request.texts)
+        xq = None if raw and not request.HasField("queries") else unpack(
+            request.queries.data, request.queries.shape, "queries")
         p = request.params
         hits, metas = self.service.search(
-            request.collection, xq, request.k,
+            request.collection, xq, request.k, images=list(request.images), texts=list(request.texts),
             radius=request.radius if request.HasField("radius") else None,
             filter=request.filter,
             params=Params(p.nprobe, p.ef_search, p.k_factor),
@@ -204,3 +229,21 @@ class SimdexServicer(pb_grpc.SimdexServicer):
         if p.projections is not None:
             resp.projections.CopyFrom(matrix_pb(p.projections))
         return self._fits(resp, "Predict")
+
+    @grpc_errors
+    def ListEmbedders(self, request, context):
+        return pb.ListEmbeddersResponse(embedders=[embedder_pb(e) for e in self.service.list_embedders()])
+
+    @grpc_errors
+    def Embed(self, request, context):
+        e = self.service.embed(request.embedder, list(request.images), list(request.texts), request.all_frames)
+        resp = pb.EmbedResponse(fingerprint=e.fingerprint, item_index=e.item_index.tolist(),
+                                frame_index=e.frame_index.tolist(),
+                                metadata=[json.dumps(m, ensure_ascii=False) for m in e.metadata])
+        resp.vectors.CopyFrom(matrix_pb(e.vectors))
+        return self._fits(resp, "Embed")
+
+    @grpc_errors
+    def Translate(self, request, context):
+        out = self.service.translate(request.model, list(request.texts), request.beam, request.max_len)
+        return pb.TranslateResponse(translations=[t for t, _ in out], scores=[sc for _, sc in out])

@@ -1,0 +1,90 @@
+"""What every embedder is: a module bound to its preprocessing, its output dimension and a weights fingerprint."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from simdex.errors import InvalidArgument
+
+LOG = logging.getLogger(__name__)
+
+
+def fingerprint(module: nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes, values) in name order: same weights, same fingerprint."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Embedder:
+    """A loaded embedder. Subclasses implement `embed_images` or `embed_texts`. Thread-safe: one forward at a time."""
+
+    modality = "image"
+
+    def __init__(self, name: str, dim: int, module: nn.Module, device: torch.device, fp: str | None = None):
+        self.name, self.dim, self.device = name, dim, device
+        self.module = module.eval().to(device)
+        self.fingerprint = fp or fingerprint(module)
+        self._lock = threading.Lock()
+
+    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        raise InvalidArgument(f"embedder {self.name!r} embeds {self.modality}s, not images")
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        raise InvalidArgument(f"embedder {self.name!r} embeds {self.modality}s, not texts")
+
+
+class ImageEmbedder(Embedder):
+    """Images in, (n, dim) float32 out.
+
+    `preprocess` maps one (H, W, 3) uint8 RGB array to a (3, h, w) float32 tensor (all the same size);
+    `module` maps a (B, 3, h, w) batch to (B, dim). On CPUs with bf16 support (AMX) the forward runs in bf16
+    with channels_last when `bf16` is set; the output is float32 either way."""
+
+    def __init__(self, name: str, dim: int, module: nn.Module, preprocess: Callable[[np.ndarray], torch.Tensor],
+                 device: torch.device, batch_size: int = 32, bf16: bool = False, fp: str | None = None):
+        super().__init__(name, dim, module, device, fp)
+        self.preprocess = preprocess
+        self.batch_size = batch_size
+        self.bf16 = bf16
+        if bf16 or device.type == "cuda":
+            self.module = self.module.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def forward(self, batch: torch.Tensor) -> np.ndarray:
+        """(B, 3, h, w) float32 tensor -> (B, dim) float32 array."""
+        with self._lock:
+            batch = batch.to(self.device, non_blocking=True)
+            if self.bf16 or self.device.type == "cuda":
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            if self.bf16:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    y = self.module(batch)
+            else:
+                y = self.module(batch)
+            y = y.float().cpu().numpy()
+        if y.shape[1:] != (self.dim,):
+            raise RuntimeError(f"embedder {self.name}: module gave shape {y.shape}, expected (B, {self.dim})")
+        return np.ascontiguousarray(y, dtype=np.float32)
+
+    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Sequence of (H, W, 3) uint8 RGB arrays -> (n, dim) float32."""
+        out = [np.zeros((0, self.dim), np.float32)]
+        for s in range(0, len(images), self.batch_size):
+            out.append(self.forward(torch.stack([self.preprocess(im) for im in images[s:s + self.batch_size]])))
+        return np.concatenate(out)

@@ -1,0 +1,58 @@
+"""Raw items (encoded images, DICOM, sentences) -> vectors with one named embedder: decode everything first, so a bad
+item fails the whole request before anything is embedded or written, then embed in batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from simdex.errors import InvalidArgument
+
+MAX_TEXT_CHARS = 10_000
+
+
+@dataclass
+class Embedded:
+    """`vectors` (rows, dim) float32; row r comes from input `item_index[r]`, frame `frame_index[r]`, and carries
+    `metadata[r]` (the input's allow-listed DICOM tags, {} for other inputs)."""
+    vectors: np.ndarray
+    fingerprint: str
+    item_index: np.ndarray
+    frame_index: np.ndarray
+    metadata: list[dict] = field(default_factory=list)
+
+
+def labels_for(kind: str, n: int, ids: Sequence[str] | None = None) -> list[str]:
+    """"images[3] (id 'scan-7')": how errors name an item."""
+    if ids:
+        return [f"{kind}[{i}] (id {v!r})" for i, v in enumerate(ids)]
+    return [f"{kind}[{i}]" for i in range(n)]
+
+
+def embed_raw(emb, images: Sequence[bytes] = (), texts: Sequence[str] = (), ids: Sequence[str] | None = None,
+              all_frames: bool = False) -> Embedded:
+    """Embed `images` (encoded image or DICOM bytes) or `texts` with the loaded embedder `emb`."""
+    images, texts = list(images), list(texts)
+    if bool(images) == bool(texts):
+        raise InvalidArgument("give either images or texts (one kind of raw input per request)")
+    if images:
+        if emb.modality != "image":
+            raise InvalidArgument(f"embedder {emb.name!r} embeds {emb.modality}s; images were sent")
+        from simdex.embedder.decode import decode_many  # noqa: PLC0415 - pydicom and Pillow load on demand
+
+        decoded = decode_many(images, labels_for("images", len(images), ids), all_frames=all_frames)
+        rows = [(i, d) for i, ds in enumerate(decoded) for d in ds]
+        x = emb.embed_images([d.rgb for _, d in rows])
+        return Embedded(x, emb.fingerprint, np.array([i for i, _ in rows], np.int64),
+                        np.array([d.frame for _, d in rows], np.int64), [dict(d.metadata) for _, d in rows])
+    if emb.modality != "text":
+        raise InvalidArgument(f"embedder {emb.name!r} embeds {emb.modality}s; texts were sent")
+    for label, t in zip(labels_for("texts", len(texts), ids), texts):
+        if not isinstance(t, str) or not t.strip():
+            raise InvalidArgument(f"{label}: empty text")
+        if len(t) > MAX_TEXT_CHARS:
+            raise InvalidArgument(f"{label}: text longer than {MAX_TEXT_CHARS} characters")
+    x = emb.embed_texts(texts)
+    n = len(texts)
+    return Embedded(x, emb.fingerprint, np.arange(n), np.zeros(n, np.int64), [{} for _ in range(n)])
