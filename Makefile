@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(strip $(FAISS))
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: serve test proto bench clean
+.PHONY: serve test proto bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,8 +17,16 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/simdex serve --data ./simdex-data --host 127.0.0.1 --port 50051
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# The lookup page is tested in a real headless browser: Debian's chromium (installed when missing and apt is usable).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } || \
+	    echo "note: chromium could not be installed; the lookup page's browser tests will be skipped"; }
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py

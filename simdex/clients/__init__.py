@@ -29,7 +29,8 @@ class Client(RemoteClient):
 
 
 __all__ = [
-    "Client", "Cluster", "ClusterResult", "CollectionInfo", "EmbedderInfo", "Embedding", "HeadInfo", "Item", "Prediction", "SearchResult",
+    "Client", "Cluster", "ClusterResult", "CollectionInfo", "EmbedderInfo", "Embedding",
+    "HeadInfo", "Item", "Prediction", "SearchResult",
     "SimdexError", "AlreadyExists", "DeadlineExceeded",
     "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted",
     "Unauthenticated", "Unavailable",

@@ -48,7 +48,8 @@ class LocalClient(ClientBase):
         return self.service.upsert(name, ids, np.concatenate(blocks) if blocks else None,
                                    [m for c in chunks for m in c.metadata],
                                    [h for c in chunks for h in c.content_hashes],
-                                   images=[b for c in chunks for b in c.images], texts=[t for c in chunks for t in c.texts],
+                                   images=[b for c in chunks for b in c.images],
+                                   texts=[t for c in chunks for t in c.texts],
                                    fingerprint=chunks[0].fingerprint)[0]
 
     def _delete(self, name, ids, ignore_missing):

@@ -16,7 +16,8 @@ from simdex.errors import InvalidArgument
 
 LOG = logging.getLogger(__name__)
 # torchvision's old DenseNet checkpoints name layers "norm.1"; its own loader renames them to "norm1" the same way.
-_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def load_state_dict(model: nn.Module, path: Path, arch: str) -> None:
