@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(strip $(FAISS))
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: serve test proto bench clean browser
+.PHONY: serve test proto bench clean browser demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,12 @@ browser:
 	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } || \
 	    echo "note: chromium could not be installed; the lookup page's browser tests will be skipped"; }
 
+# Trains a DenseNet-BC on the digits, indexes digits and pydicom's samples through a server, prints precision@10
+# and writes a lookup page for a CT slice (demo-data/). Starts its own server; DEMO_ARGS="--target HOST:PORT" to
+# use a running one.
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py $(DEMO_ARGS)
+
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
@@ -35,4 +41,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/search.py
 
 clean:
-	rm -rf $(VENV) simdex-data .pytest_cache
+	rm -rf $(VENV) simdex-data demo-data .pytest_cache

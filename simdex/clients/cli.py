@@ -10,7 +10,8 @@ from pathlib import Path
 
 from simdex.wire import canonical_json, content_hash
 
-EXTRA_COMMANDS = ("simdex.clients.cli_embed", "simdex.clients.cli_densenet", "simdex.clients.cli_seq2seq")
+EXTRA_COMMANDS = ("simdex.clients.cli_embed", "simdex.clients.cli_densenet", "simdex.clients.cli_seq2seq",
+                  "simdex.clients.cli_index", "simdex.clients.cli_lookup")
 UPLOAD_CHUNK = 4096  # rows per upsert call: each call is one acknowledged transaction
 
 

@@ -43,7 +43,7 @@ def image_preprocess(weights_enum):
     transform = weights_enum.transforms()
 
     def preprocess(rgb: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+        t = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1)  # decoders return read-only
         return transform(t)
 
     return preprocess

@@ -1,0 +1,98 @@
+"""`simdex index SOURCE --collection C`: embed a folder, a list of files or a vector file into a collection.
+
+Exit status: 0 when every input was stored (or already was), 1 when some failed (listed on stderr and in the error
+report; the next run tries them again), 2 for a simdex error that stopped the run, 130 when interrupted."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _open_client(args):
+    if args.weights and not args.embedder:
+        raise SystemExit("--weights needs --embedder (the embedder the weights file belongs to)")
+    if args.data:
+        from simdex.clients import Client  # noqa: PLC0415
+
+        weights = {args.embedder: args.weights} if args.weights and args.embedder else None
+        return Client.local(args.data, weights=weights, device=args.device), True
+    from simdex.clients.cli import _client  # noqa: PLC0415
+
+    return _client(args), False
+
+
+def _echo_error(row: dict) -> None:
+    line = f"simdex index: failed: {row['path'] or row['id']}: {row['reason']}"
+    try:
+        from tqdm import tqdm  # noqa: PLC0415 - writes above the progress bar instead of through it
+
+        tqdm.write(line, file=sys.stderr)
+    except ImportError:
+        print(line, file=sys.stderr)
+
+
+def cmd_index(args) -> int:
+    import os  # noqa: PLC0415
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/faiss load: no busy-waiting threads
+    from simdex.clients.indexer import Indexer, IndexOptions  # noqa: PLC0415
+
+    opts = IndexOptions(
+        collection=args.collection, embedder=args.embedder, remote_embed=args.remote_embed, weights=args.weights,
+        device=args.device, workers=args.workers, batch_size=args.batch_size, chunk_size=args.chunk_size,
+        inflight=args.inflight, all_frames=args.all_frames, metric=args.metric, index=args.index,
+        ids_file=args.ids_file, vector_column=args.vector_column, id_column=args.id_column,
+        errors_file=args.errors, progress=not args.no_progress)
+    client, in_process = _open_client(args)
+    try:
+        with client:
+            s = Indexer(client, opts, in_process=in_process, on_error=_echo_error).run(args.source)
+    except KeyboardInterrupt:
+        print("simdex index: interrupted; acknowledged chunks are stored, run again to resume", file=sys.stderr)
+        return 130
+    line = (f"indexed {s.indexed}, skipped {s.skipped}, failed {s.failed} in {s.seconds:.1f} s "
+            f"({s.mode}, collection {s.collection})" + (f"; failures in {s.errors_file}" if s.failed else ""))
+    if args.json:
+        print(line, file=sys.stderr)
+        print(json.dumps(s.as_dict()))
+    else:
+        print(line)
+    return 1 if s.failed else 0
+
+
+def add_parsers(sub, client_args) -> None:
+    s = sub.add_parser("index", help="embed and store a folder of images/DICOM, a file list, or a .npy/Parquet "
+                                     "file of vectors (resumable)")
+    s.add_argument("source", type=Path, help="a folder (recursive), a text file of paths (relative to its folder), "
+                                             "a .npy file of vectors or a Parquet file with a vector column")
+    s.add_argument("--collection", required=True)
+    s.add_argument("--embedder", help="embedder of the collection (needed to create it; checked otherwise)")
+    s.add_argument("--data", help="index into this data directory in-process, instead of a server (--target)")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--remote-embed", dest="remote_embed", action="store_const", const=True,
+                      help="send the file bytes; the server (or, with --data, the service in this process) decodes "
+                           "and embeds (the default, except --data on a GPU host)")
+    mode.add_argument("--local-embed", dest="remote_embed", action="store_const", const=False,
+                      help="decode in parallel workers and embed here, send vectors (default for --data on a GPU host; "
+                           "needs the weights here)")
+    s.add_argument("--weights", help="weights file of the embedder for local embedding (default: torch hub cache)")
+    s.add_argument("--device", help="where local embedding runs: cpu or cuda (default: the GPU when present)")
+    s.add_argument("--workers", type=int, default=-1, help="decoding processes (default: cores - 1, at least 1)")
+    s.add_argument("--batch-size", type=int, default=32, help="images per forward")
+    s.add_argument("--chunk-size", type=int, default=256, help="items per upsert transaction")
+    s.add_argument("--inflight", type=int, default=2, help="concurrent upserts with --remote-embed")
+    s.add_argument("--all-frames", action="store_true", help="multi-frame DICOM: every frame (ids PATH#FRAME); "
+                                                            "default: the middle frame")
+    s.add_argument("--metric", default="cosine", choices=["l2", "ip", "cosine"], help="for a new collection")
+    s.add_argument("--index", default="Flat", help="FAISS factory description for a new collection")
+    s.add_argument("--ids-file", help=".npy source: text file with one id per row (default: row numbers)")
+    s.add_argument("--vector-column", default="vector", help="Parquet source: the list-of-floats column")
+    s.add_argument("--id-column", default="id", help="Parquet source: the id column (default: row numbers "
+                                                     "when absent)")
+    s.add_argument("--errors", help="error report, JSON lines, rewritten per run "
+                                    "(default: ./COLLECTION.index-errors.jsonl; removed when nothing failed)")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    client_args(s)
+    s.set_defaults(func=cmd_index)

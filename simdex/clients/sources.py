@@ -1,0 +1,393 @@
+"""What `simdex index` reads: the files of a folder or a list, or the rows of a .npy / Parquet file of vectors.
+
+File sources give `FileItem`s (id = the path relative to the folder, or to the list file's folder, posix style).
+Vector sources give `VectorBlock`s. The decoding side of the indexer (what each DataLoader worker does with a file)
+lives here too: read, hash, decode, preprocess; a bad file comes back as a failure, never as an exception."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from simdex.errors import InvalidArgument, SimdexError
+
+LOG = logging.getLogger(__name__)
+
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
+VECTOR_EXTS = frozenset({".npy", ".parquet", ".pq"})
+DICOM_MAGIC_AT, DICOM_MAGIC = 128, b"DICM"
+
+
+@dataclass(frozen=True)
+class FileItem:
+    """One input file: `id` (posix path relative to the source root) and where it is."""
+    id: str
+    path: Path
+
+
+@dataclass
+class VectorBlock:
+    """Consecutive rows of a vector source: ids, (n, d) float32 `x` (may hold NaN: checked per row later),
+    one metadata dict per row."""
+    ids: list[str]
+    x: np.ndarray
+    metadata: list[dict]
+
+
+@dataclass
+class VectorSource:
+    """`n` rows of dimension `dim`, read block by block by `blocks(size)`."""
+    n: int
+    dim: int
+    blocks: Callable[[int], Iterator[VectorBlock]]
+
+
+# ---- file sources -------------------------------------------------------------------------------------------
+def has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(DICOM_MAGIC_AT + len(DICOM_MAGIC))
+    except OSError:
+        return False
+    return head[DICOM_MAGIC_AT:] == DICOM_MAGIC
+
+
+def _wanted(path: Path) -> bool:
+    ext = path.suffix.lower()
+    if ext in IMAGE_EXTS:
+        return True
+    return ext == "" and has_dicom_preamble(path)  # DICOM often comes without an extension (PACS exports)
+
+
+def folder_items(root: Path) -> list[FileItem]:
+    """Image and DICOM files under `root` (recursive, hidden entries skipped), sorted by id."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        base = Path(dirpath)
+        for name in filenames:
+            p = base / name
+            if not name.startswith(".") and _wanted(p):
+                out.append(FileItem(p.relative_to(root).as_posix(), p))
+    return sorted(out, key=lambda it: it.id)
+
+
+def list_items(list_file: Path) -> list[FileItem]:
+    """The paths in a text file, one per line (blank lines and '#' comments skipped), relative to its folder.
+
+    Missing files stay in the list: reading them fails and is reported like any other bad file."""
+    base = list_file.parent
+    out, seen = [], set()
+    for n, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        rel = Path(os.path.normpath(line))
+        id_ = rel.as_posix()
+        if id_ in seen:
+            raise InvalidArgument(f"{list_file}: line {n}: path {line!r} is listed twice")
+        seen.add(id_)
+        out.append(FileItem(id_, rel if rel.is_absolute() else base / rel))
+    return out
+
+
+@dataclass
+class Planned:
+    """A file read for planning: its digest, its item ids and content hashes, whether it is DICOM, how many frames
+    it declares, and (when kept for sending) its bytes."""
+    index: int
+    item: FileItem
+    ids: list[str]
+    hashes: list[str]
+    dicom: bool
+    n_frames: int
+    data: bytes | None
+
+
+def plan_file(index: int, item: FileItem, all_frames: bool, keep_bytes: bool) -> Planned:
+    """Read and hash one file (raises OSError). Multi-frame DICOM headers are parsed to learn the frame count."""
+    data = item.path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    dicom = data[DICOM_MAGIC_AT:DICOM_MAGIC_AT + 4] == DICOM_MAGIC
+    n = frames_in(data) if dicom else 1
+    ids = frame_ids(item.id, n, all_frames)
+    return Planned(index, item, ids, frame_hashes(digest, len(ids)), dicom, n, data if keep_bytes else None)
+
+
+def frames_in(data: bytes) -> int:
+    """How many frames DICOM bytes declare (1 when the header cannot be read: decoding reports the file later).
+    Parses the header only."""
+    from io import BytesIO  # noqa: PLC0415
+
+    import pydicom  # noqa: PLC0415
+
+    try:
+        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except Exception:  # noqa: BLE001 - any unreadable header: the decoder names the problem later
+        return 1
+
+
+def frame_ids(id_: str, n_frames: int, all_frames: bool) -> list[str]:
+    """Ids of one file's items: the file's id, or 'id#frame' per frame of a multi-frame DICOM with `all_frames`."""
+    if all_frames and n_frames > 1:
+        return [f"{id_}#{f}" for f in range(n_frames)]
+    return [id_]
+
+
+def frame_hashes(digest: str, n: int) -> list[str]:
+    """Content hashes of one file's items: the file's sha256, plus '#frame' when it gives several items."""
+    return [digest] if n == 1 else [f"{digest}#{f}" for f in range(n)]
+
+
+# ---- the decoding worker --------------------------------------------------------------------------------------
+@dataclass
+class Loaded:
+    """One decoded file: (m, 3, h, w) float32 `x`, and per row its id, metadata and content hash."""
+    index: int
+    x: object  # torch.Tensor
+    ids: list[str]
+    metadata: list[dict]
+    hashes: list[str]
+
+
+@dataclass
+class Failed:
+    index: int
+    id: str
+    path: str
+    reason: str
+
+
+@dataclass
+class Batch:
+    """What a worker hands the model: stacked rows of every good file of the batch, and the failures."""
+    x: object = None  # torch.Tensor (M, 3, h, w) or None when no file of the batch decoded
+    ids: list[str] = field(default_factory=list)
+    metadata: list[dict] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)  # 1 on each file's last row: progress counts whole files
+    failed: list[Failed] = field(default_factory=list)
+
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader's pin-memory thread when the model runs on a GPU (faster, async copies)."""
+        if self.x is not None:
+            self.x = self.x.pin_memory()
+        return self
+
+
+class FileDataset:
+    """Map-style dataset over `items`: index -> Loaded | Failed. Runs in DataLoader workers (forked, so the
+    embedder's `preprocess` is inherited, never pickled)."""
+
+    def __init__(self, items: list[FileItem], preprocess: Callable, all_frames: bool):
+        self.items, self.preprocess, self.all_frames = items, preprocess, all_frames
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        import torch  # noqa: PLC0415
+
+        from simdex.embedder.decode import decode_image  # noqa: PLC0415
+
+        it = self.items[i]
+        try:
+            data = it.path.read_bytes()
+            frames = decode_image(data, it.id, self.all_frames)
+            x = torch.stack([self.preprocess(f.rgb) for f in frames])
+        except OSError as e:
+            return Failed(i, it.id, str(it.path), f"cannot read: {e.strerror or e}")
+        except SimdexError as e:
+            return Failed(i, it.id, str(it.path), _strip_label(e.message, it.id))
+        digest = hashlib.sha256(data).hexdigest()
+        dicom = data[DICOM_MAGIC_AT:DICOM_MAGIC_AT + 4] == DICOM_MAGIC
+        ids = frame_ids(it.id, len(frames), self.all_frames)
+        metas = [item_metadata(it.path, f.metadata, f.frame if dicom else None) for f in frames]
+        return Loaded(i, x, ids, metas, frame_hashes(digest, len(ids)))
+
+
+def item_metadata(path: Path, tags: dict, frame: int | None) -> dict:
+    """What an item stores: the allow-listed DICOM tags, its file's absolute path and, for DICOM, the frame."""
+    meta = {**tags, "path": str(Path(path).absolute())}
+    if frame is not None:
+        meta["frame"] = int(frame)
+    return meta
+
+
+def collate(results: list) -> Batch:
+    """Stack the rows of a batch's good files (in the worker, so the model process only does the forward)."""
+    import torch  # noqa: PLC0415
+
+    b = Batch()
+    good = []
+    for r in results:
+        if isinstance(r, Failed):
+            b.failed.append(r)
+            continue
+        good.append(r.x)
+        b.ids += r.ids
+        b.metadata += r.metadata
+        b.hashes += r.hashes
+        b.ends += [0] * (len(r.ids) - 1) + [1]
+    if good:
+        b.x = good[0] if len(good) == 1 else torch.cat(good)
+    return b
+
+
+class TodoBatches:
+    """The DataLoader's batch sampler: lists of `size` file indices, taken lazily from the planner (the DataLoader
+    asks for the next batch only as workers free up, so planning streams alongside embedding)."""
+
+    def __init__(self, todo: Iterator[Planned], size: int):
+        self.todo, self.size = todo, size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batch = []
+        for p in self.todo:
+            batch.append(p.index)
+            if len(batch) == self.size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+class Rows:
+    """Embedded rows waiting for their chunk: ids, vectors, metadata, hashes, and `ends` (1 on a file's last row,
+    so progress counts files when they are acknowledged)."""
+
+    def __init__(self):
+        self.ids, self.x, self.metas, self.hashes, self.ends = [], [], [], [], []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, ids, x, metas, hashes, ends) -> None:
+        self.ids += ids
+        self.x.extend(x)
+        self.metas += metas
+        self.hashes += hashes
+        self.ends += ends
+
+    def take(self, n: int) -> tuple:
+        out = (self.ids[:n], np.stack(self.x[:n]), self.metas[:n], self.hashes[:n], sum(self.ends[:n]))
+        del self.ids[:n], self.x[:n], self.metas[:n], self.hashes[:n], self.ends[:n]
+        return out
+
+
+def _strip_label(message: str, id_: str) -> str:
+    """decode_image prefixes its messages with the label it was given (the id): the report has the id already."""
+    return message.removeprefix(f"{id_}: ")
+
+
+# ---- vector sources -------------------------------------------------------------------------------------------
+def npy_source(path: Path, ids_file: Path | None) -> VectorSource:
+    """Rows of an (n, d) .npy file (memory-mapped); ids are row numbers or the lines of `ids_file`."""
+    x = np.load(path, mmap_mode="r", allow_pickle=False)
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise InvalidArgument(f"{path}: expected a 2-d (n, d) array, got shape {x.shape}")
+    if x.dtype.kind not in "fiu":
+        raise InvalidArgument(f"{path}: expected numbers, got dtype {x.dtype}")
+    n = len(x)
+    ids = _read_ids(ids_file, n) if ids_file else None
+
+    def blocks(size: int) -> Iterator[VectorBlock]:
+        for a in range(0, n, size):
+            b = min(n, a + size)
+            part = ids[a:b] if ids else [str(i) for i in range(a, b)]
+            yield VectorBlock(part, np.array(x[a:b], dtype=np.float32), [{} for _ in part])
+
+    return VectorSource(n, int(x.shape[1]), blocks)
+
+
+def _read_ids(path: Path, n: int) -> list[str]:
+    ids = path.read_text(encoding="utf-8").splitlines()
+    if len(ids) != n:
+        raise InvalidArgument(f"--ids-file {path}: {len(ids)} lines for {n} vectors")
+    if len(set(ids)) != n:
+        raise InvalidArgument(f"--ids-file {path}: ids repeat")
+    return ids
+
+
+def parquet_source(path: Path, vector_column: str = "vector", id_column: str = "id") -> VectorSource:
+    """Rows of a Parquet file: a list column of floats (`vector_column`), `id_column` (else row numbers), every
+    other column into the metadata."""
+    try:
+        import pyarrow.parquet as pq  # noqa: PLC0415
+    except ImportError:
+        raise InvalidArgument(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    if vector_column not in names:
+        raise InvalidArgument(f"{path}: no column {vector_column!r} (columns: {names}); see --vector-column")
+    n = pf.metadata.num_rows
+    first = next(pf.iter_batches(batch_size=1, columns=[vector_column]), None)
+    dim = len(first.column(0)[0].as_py()) if first is not None and n else 0
+    if n and dim < 1:
+        raise InvalidArgument(f"{path}: column {vector_column!r} holds empty vectors")
+
+    def blocks(size: int) -> Iterator[VectorBlock]:
+        row = 0
+        for rb in pf.iter_batches(batch_size=size):
+            yield _parquet_block(rb, vector_column, id_column, row, dim, path)
+            row += rb.num_rows
+
+    return VectorSource(n, dim, blocks)
+
+
+def _parquet_block(rb, vector_column: str, id_column: str, row0: int, dim: int, path: Path) -> VectorBlock:
+    cols = rb.to_pydict()
+    vecs = cols.pop(vector_column)
+    ids = [str(v) for v in cols.pop(id_column)] if id_column in cols else \
+        [str(row0 + i) for i in range(rb.num_rows)]
+    x = np.full((rb.num_rows, dim), np.nan, np.float32)  # a null or wrong-length vector stays NaN: a failed row
+    for i, v in enumerate(vecs):
+        if v is not None and len(v) == dim:
+            x[i] = np.asarray([np.nan if f is None else f for f in v], dtype=np.float32)
+    metas = [{k: _json_safe(cols[k][i]) for k in cols} for i in range(rb.num_rows)]
+    return VectorBlock(ids, x, metas)
+
+
+def _json_safe(v):
+    """Parquet values -> JSON values: dates and times as ISO text, bytes as hex, anything else as its text."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if np.isfinite(v) else None
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex()
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    try:
+        json.dumps(v)
+        return v
+    except TypeError:
+        return str(v)
+
+
+def open_source(source: Path, ids_file: Path | None = None, vector_column: str = "vector",
+                id_column: str = "id") -> list[FileItem] | VectorSource:
+    """A folder or text list -> file items; a .npy or Parquet file -> a VectorSource."""
+    if source.is_dir():
+        return folder_items(source)
+    if not source.is_file():
+        raise InvalidArgument(f"source {str(source)!r}: no such file or folder")
+    ext = source.suffix.lower()
+    if ext == ".npy":
+        return npy_source(source, ids_file)
+    if ext in VECTOR_EXTS:
+        return parquet_source(source, vector_column, id_column)
+    if ext in IMAGE_EXTS or has_dicom_preamble(source):
+        raise InvalidArgument(f"source {str(source)!r} is an image: give its folder, or a text file listing it")
+    return list_items(source)
