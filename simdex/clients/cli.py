@@ -32,6 +32,17 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="vec", file=sys.stderr, disable=None)
 
 
+def weights_map(items) -> dict[str, str]:
+    """Repeated `--weights NAME=FILE` options -> {name: file}."""
+    weights = {}
+    for item in items or ():
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--weights takes NAME=FILE, got {item!r}")
+        weights[name] = path
+    return weights
+
+
 def cmd_serve(args) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss/torch load: no busy-waiting threads
     from simdex.server.app import Tls, serve  # noqa: PLC0415
@@ -39,14 +50,8 @@ def cmd_serve(args) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("--tls-cert and --tls-key go together")
     tls = Tls.from_files(args.tls_cert, args.tls_key) if args.tls_cert else None
-    weights = {}
-    for item in args.weights or ():
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--weights takes NAME=FILE, got {item!r}")
-        weights[name] = path
     serve(args.data, args.host, args.port, args.db, args.token_file, tls, args.max_message_mb,
-          args.snapshot_interval, weights, args.device)
+          args.snapshot_interval, weights_map(args.weights), args.device)
     return 0
 
 

@@ -15,13 +15,9 @@ def _open(args):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no busy-waiting threads
         from simdex.clients import Client  # noqa: PLC0415
 
-        weights = {}
-        for item in args.weights or ():
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise SystemExit(f"--weights takes NAME=FILE, got {item!r}")
-            weights[name] = path
-        return Client.local(args.data, weights=weights or None, device=args.device)
+        from simdex.clients.cli import weights_map  # noqa: PLC0415
+
+        return Client.local(args.data, weights=weights_map(args.weights) or None, device=args.device)
     from simdex.clients.cli import _client  # noqa: PLC0415
 
     return _client(args)
