@@ -144,3 +144,20 @@ def test_predict_with_images_through_a_head(scans):
     assert len(p.labels) == 3 and p.probabilities.shape == (3, 2)
     by_id = c.predict("parity", ids=IDS[:3])
     np.testing.assert_allclose(p.probabilities, by_id.probabilities, rtol=1e-4, atol=1e-5)
+
+
+def test_sentences_through_the_translator_encoder_and_translate(client):
+    """A text collection on `seq2seq-encoder` (the shipped question translator's encoder), and the Translate RPC."""
+    from simdex.embedder.seq2seq.corpora import bundled_questions
+
+    src = [fr for fr, _ in bundled_questions("fr-en")[:20]]
+    client.create_collection("questions", 0, metric="cosine", embedder="seq2seq-encoder")
+    client.upsert("questions", [f"q{i}" for i in range(20)], texts=src)
+    res = client.search("questions", texts=src[:5], k=1)
+    assert [r[0] for r in res.ids] == [f"q{i}" for i in range(5)]
+    out = client.translate(["quelle est la population du canada ?"], model="questions-fr-en", beam=5)
+    assert out == ["what is the population of canada?"]
+    with pytest.raises(InvalidArgument, match="shipped"):
+        client.translate(["x"], model="/etc/passwd")
+    with pytest.raises(InvalidArgument, match="texts"):
+        client.upsert("questions", ["a"], images=[IMAGES[0]])

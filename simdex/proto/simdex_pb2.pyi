@@ -1287,7 +1287,7 @@ class TranslateResponse(_message.Message):
     def translations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """length-normalised log-probability of each translation"""
+        """log-probability of each translation (its tokens and EOS)"""
 
     def __init__(
         self,
