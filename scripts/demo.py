@@ -102,7 +102,7 @@ def precision_at_10(target: str, query_dir: Path) -> tuple[float, int]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo-data")
-    p.add_argument("--epochs", type=int, default=3, help="DenseNet-BC training epochs (about 2-6 minutes each here)")
+    p.add_argument("--epochs", type=int, default=3, help="DenseNet-BC training epochs (about 2 minutes each on 2 idle cores)")
     p.add_argument("--target", help="use this running server (it must serve --weights densenet-bc=THE MODEL)")
     a = p.parse_args()
     out = Path(a.out).resolve()
