@@ -124,6 +124,8 @@ def test_range_search_with_an_image(scans):
 
 
 def test_create_with_an_embedder_checks_dim_and_weights(client, tmp_path, monkeypatch):
+    from simdex.embedder import registry
+
     with pytest.raises(InvalidArgument, match="does not match embedder"):
         client.create_collection("x", 128, embedder=EMB)
     with pytest.raises(InvalidArgument, match="not registered"):
@@ -131,8 +133,8 @@ def test_create_with_an_embedder_checks_dim_and_weights(client, tmp_path, monkey
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     with pytest.raises(FailedPrecondition, match="vgg16-397923af.pth"):
         client.create_collection("x", 0, embedder="vgg16-fc6")
-    assert all(e.name for e in client.list_embedders())
     names = {e.name: e for e in client.list_embedders()}
+    assert set(names) == {s.name for s in registry.specs()}
     assert names["vgg16-fc6"].dim == 4096 and names[EMB].weights_present
 
 

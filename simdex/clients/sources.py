@@ -112,9 +112,11 @@ class Planned:
 
 def plan_file(index: int, item: FileItem, all_frames: bool, keep_bytes: bool) -> Planned:
     """Read and hash one file (raises OSError). Multi-frame DICOM headers are parsed to learn the frame count."""
+    from simdex.embedder.dicom import is_dicom  # noqa: PLC0415 - pydicom loads on demand
+
     data = item.path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    dicom = data[DICOM_MAGIC_AT:DICOM_MAGIC_AT + 4] == DICOM_MAGIC
+    dicom = is_dicom(data)
     n = frames_in(data) if dicom else 1
     ids = frame_ids(item.id, n, all_frames)
     return Planned(index, item, ids, frame_hashes(digest, len(ids)), dicom, n, data if keep_bytes else None)
@@ -196,6 +198,7 @@ class FileDataset:
         import torch  # noqa: PLC0415
 
         from simdex.embedder.decode import decode_image  # noqa: PLC0415
+        from simdex.embedder.dicom import is_dicom  # noqa: PLC0415
 
         it = self.items[i]
         try:
@@ -207,7 +210,7 @@ class FileDataset:
         except SimdexError as e:
             return Failed(i, it.id, str(it.path), _strip_label(e.message, it.id))
         digest = hashlib.sha256(data).hexdigest()
-        dicom = data[DICOM_MAGIC_AT:DICOM_MAGIC_AT + 4] == DICOM_MAGIC
+        dicom = is_dicom(data)
         ids = frame_ids(it.id, len(frames), self.all_frames)
         metas = [item_metadata(it.path, f.metadata, f.frame if dicom else None) for f in frames]
         return Loaded(i, x, ids, metas, frame_hashes(digest, len(ids)))

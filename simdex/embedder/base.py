@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import tempfile
 import threading
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -23,6 +26,24 @@ def fingerprint(module: nn.Module) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return "sha256:" + h.hexdigest()[:32]
+
+
+def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a checkpoint is meant to be shared and shipped
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -24,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from simdex.embedder import densenet_bc as dn
+from simdex.embedder.base import atomic_save
 from simdex.errors import InvalidArgument
 
 LOG = logging.getLogger(__name__)
@@ -232,18 +232,6 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, norm=None, device=None, ba
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------
 
-def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then os.replace: a reader (or a Ctrl-C) never sees half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
 
 def ckpt_path(out: str | Path) -> Path:
     return Path(str(out) + ".ckpt")
@@ -316,7 +304,7 @@ def train(data: Dataset, out: str | Path, cfg: dn.DenseNetBCConfig | None = None
         ck = dn.checkpoint_dict(model, data.classes, normalisation, metrics, epoch + 1)
         ck["train"] = {"optimizer": opt.state_dict(), "settings": asdict(s), "data": sig, "history": history,
                        "split": {"train": len(tr), "held_out": len(te)}}
-        save_atomic(ck, ckpt_path(out))
+        atomic_save(ck, ckpt_path(out))
         LOG.debug("epoch %s", rec)
         if on_epoch:
             on_epoch(rec)
@@ -324,5 +312,5 @@ def train(data: Dataset, out: str | Path, cfg: dn.DenseNetBCConfig | None = None
     metrics = {"held_out_accuracy": last["held_out_accuracy"], "held_out_loss": last["held_out_loss"],
                "train_loss": last["train_loss"], "held_out": len(te), "train": len(tr),
                "seconds": sum(r["seconds"] for r in history), "settings": asdict(s)}
-    save_atomic(dn.checkpoint_dict(model, data.classes, normalisation, metrics, len(history)), out)
+    atomic_save(dn.checkpoint_dict(model, data.classes, normalisation, metrics, len(history)), out)
     return TrainResult(last["held_out_accuracy"], len(history), metrics["seconds"], out, history)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from simdex.embedder.base import Embedder, pick_device
+from simdex.embedder.base import Embedder, atomic_save, pick_device
 from simdex.embedder.seq2seq import decoding, spelling
 from simdex.embedder.seq2seq.model import Seq2Seq, Seq2SeqConfig
 from simdex.embedder.seq2seq.text import Vocab, detokenize, pad_batch, tokenize
@@ -36,22 +35,6 @@ MAX_TEXTS = 10_000
 MAX_CHARS = 10_000
 
 
-def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a checkpoint is meant to be shared and shipped
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read(path: str | os.PathLike) -> dict:
