@@ -86,7 +86,7 @@ def bare_loop(emb, files: list[Path], batch: int) -> float:
 def pipeline(pool, name: str, folder: Path, work: Path, batch: int, chunk: int, workers: int, remote: bool = False):
     """One local (in-process) indexer run into a fresh data directory; the Summary."""
     from simdex.clients import Client
-    from simdex.clients.indexer import Indexer, IndexOptions
+    from simdex.jobs.indexer import Indexer, IndexOptions
 
     with Client.local(str(work), snapshot_interval=0) as c:
         c.service.embedders = pool  # the already loaded, warmed-up instance
@@ -98,7 +98,7 @@ def pipeline(pool, name: str, folder: Path, work: Path, batch: int, chunk: int, 
 def rpc_rates(pool, name: str, files: list[Path], work: Path, n1: int) -> tuple[float, float]:
     """Embed RPC images/s at batch 1 (n1 calls) and batch 32 (every file), in-process gRPC server."""
     from simdex.clients import Client
-    from simdex.index.service import Simdex
+    from simdex.service.facade import Simdex
     from simdex.server.app import create_server
 
     service = Simdex(work, None, snapshot_interval=0, embedders=pool)
@@ -138,7 +138,7 @@ def serve_process(work: Path) -> tuple[subprocess.Popen, str]:
 def modes(pool, name: str, folder: Path, work: Path, batch: int, chunk: int, workers: int) -> list[list[str]]:
     """Local-embed vs remote-embed, in-process and against a `simdex serve` process."""
     from simdex.clients import Client
-    from simdex.clients.indexer import Indexer, IndexOptions
+    from simdex.jobs.indexer import Indexer, IndexOptions
     rows = []
     for remote in (False, True):
         s = pipeline(pool, name, folder, work / f"inproc-{remote}", batch, chunk, workers, remote)
@@ -176,7 +176,7 @@ def main() -> None:
 
     import torch
 
-    from simdex.clients.indexer import default_workers
+    from simdex.jobs.indexer import default_workers
     from simdex.embedder.registry import EmbedderPool
 
     w, h = (int(v) for v in args.size.split("x"))

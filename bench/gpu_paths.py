@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from sklearn.datasets import make_blobs  # noqa: E402
 from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
-from simdex.index.meanshift import MeanShift  # noqa: E402
+from simdex.estimators.meanshift import MeanShift  # noqa: E402
 
 SETS = [(50_000, 2, 4.0), (50_000, 16, 6.0), (1_000_000, 16, 6.0), (100_000, 4096, 100.0)]
 

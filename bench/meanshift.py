@@ -32,7 +32,7 @@ from sklearn.datasets import make_blobs  # noqa: E402
 from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
 from simdex.index.backend import NCPU, gpu_available  # noqa: E402
-from simdex.index.meanshift import MeanShift, _torch_cuda, get_bin_seeds  # noqa: E402
+from simdex.estimators.meanshift import MeanShift, _torch_cuda, get_bin_seeds  # noqa: E402
 
 BANDWIDTH = {2: 2.0, 16: 6.0, 4096: 100.0}  # clusters have std 1: the kernel covers a cluster's core
 

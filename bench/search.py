@@ -323,7 +323,7 @@ def bench_index(desc: str, args, xb: np.ndarray, xq: np.ndarray, target: str, ba
     import sqlalchemy as sa
 
     from simdex.clients import Client
-    from simdex.index.service import Simdex
+    from simdex.service.facade import Simdex
     from simdex.proto import simdex_pb2 as pb
     from simdex.proto import simdex_pb2_grpc as pb_grpc
 

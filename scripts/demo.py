@@ -51,7 +51,7 @@ def write_digits(out: Path) -> tuple[Path, Path]:
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    from simdex.embedder.train_densenet import TrainSettings, load_sklearn_digits, split
+    from simdex.training.densenet import TrainSettings, load_sklearn_digits, split
 
     index_dir, query_dir = out / "digits" / "index", out / "digits" / "queries"
     if query_dir.exists():

@@ -1,5 +1,5 @@
 import sys
 
-from simdex.clients.cli import main
+from simdex.cli.main import main
 
 sys.exit(main())

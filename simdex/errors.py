@@ -10,9 +10,10 @@ class SimdexError(Exception):
 
     code = "UNKNOWN"
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, item: int | None = None):
         super().__init__(message)
         self.message = message
+        self.item = item  # index of the input item at fault (a bad image in a batch), None for the whole request
 
 
 class InvalidArgument(SimdexError):
@@ -64,10 +65,10 @@ BY_CODE: dict[str, type[SimdexError]] = {
 }
 
 
-def from_code(code: str, message: str) -> SimdexError:
+def from_code(code: str, message: str, item: int | None = None) -> SimdexError:
     """The error class for a gRPC status name (unknown names give the base class)."""
     cls = BY_CODE.get(code, SimdexError)
-    err = cls(message)
+    err = cls(message, item)
     if cls is SimdexError:
         err.code = code
     return err

@@ -1,4 +1,5 @@
-"""Vectors on the wire: packed little-endian float32 bytes plus a shape. Used by server and clients alike."""
+"""The one float32 packing: little-endian float32 bytes (plus a shape on the wire), for gRPC messages, the
+database's vector columns and the heads' weights alike; and the one input gate for vectors (`as_matrix`)."""
 from __future__ import annotations
 
 import hashlib
@@ -38,6 +39,11 @@ def as_matrix(x, name: str = "vectors", dim: int | None = None, allow_empty: boo
     return arr
 
 
+def to_bytes(x) -> bytes:
+    """Any float array -> its little-endian float32 bytes, row-major."""
+    return np.ascontiguousarray(x, dtype=F32).tobytes()
+
+
 def pack(x: np.ndarray):
     """(n, d) float32 -> (bytes, [n, d])."""
     arr = np.ascontiguousarray(x, dtype=F32)
@@ -57,10 +63,11 @@ def unpack(data: bytes, shape, name: str = "vectors") -> np.ndarray:
     return np.frombuffer(data, dtype=F32).reshape(n, d)
 
 
-def unpack_floats(data: bytes) -> np.ndarray:
-    if len(data) % 4:
+def unpack_floats(data: bytes, count: int = -1, offset: int = 0) -> np.ndarray:
+    """Little-endian float32 bytes -> (m,) float32 (read-only view; `count` floats from byte `offset`)."""
+    if count < 0 and (len(data) - offset) % 4:
         raise InvalidArgument(f"float32 array of {len(data)} bytes is not a multiple of 4")
-    return np.frombuffer(data, dtype=F32)
+    return np.frombuffer(data, dtype=F32, count=count, offset=offset)
 
 
 def canonical_json(obj: dict) -> str:

@@ -44,7 +44,7 @@ def db_url(request, tmp_path):
 
 @pytest.fixture
 def service(tmp_path, db_url):
-    from simdex.index.service import Simdex
+    from simdex.service.facade import Simdex
 
     s = Simdex(tmp_path / "data", db_url, snapshot_interval=0)
     yield s
@@ -53,7 +53,7 @@ def service(tmp_path, db_url):
 
 @pytest.fixture
 def sqlite_service(tmp_path):
-    from simdex.index.service import Simdex
+    from simdex.service.facade import Simdex
 
     s = Simdex(tmp_path / "data", None, snapshot_interval=0)
     yield s
@@ -62,7 +62,7 @@ def sqlite_service(tmp_path):
 
 class InProcessServer:
     def __init__(self, data_dir, **kwargs):
-        from simdex.index.service import Simdex
+        from simdex.service.facade import Simdex
         from simdex.server.app import create_server
 
         self.service = Simdex(data_dir, kwargs.pop("db_url", None), snapshot_interval=0)

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from simdex.clients import cli
+from simdex.cli import main as cli
 
 
 def test_resume_skips_what_is_stored_and_writes_what_changed(server, remote, tmp_path, capsys):

@@ -9,7 +9,7 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from simdex import clients
-from simdex.clients import cli
+from simdex.cli import main as cli
 
 
 @pytest.fixture

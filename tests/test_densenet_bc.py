@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from simdex.embedder import densenet_bc as dn  # noqa: E402
 from simdex.embedder import registry  # noqa: E402
-from simdex.embedder import train_densenet as td  # noqa: E402
+from simdex.training import densenet as td  # noqa: E402
 from simdex.embedder.base import fingerprint  # noqa: E402
 from simdex.errors import InvalidArgument  # noqa: E402
 
@@ -244,7 +244,7 @@ def test_load_folder_reads_class_subfolders(tmp_path):
 
 
 def test_cli_trains_end_to_end(tmp_path, capsys):
-    from simdex.clients.cli import main
+    from simdex.cli.main import main
 
     out = tmp_path / "cli.pt"
     argv = ["train-densenet", "--sklearn-digits", "--limit", "300", "--depth", "10", "--growth", "4",

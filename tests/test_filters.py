@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simdex.errors import InvalidArgument
-from simdex.index import filters
+from simdex.store import filters
 
 VALUES = [0, 1, 2, 3.5, -1, "CT", "MR", "", "ct", True, False, None]
 

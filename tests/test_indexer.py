@@ -67,14 +67,14 @@ def default_mode() -> str:
     """What `--data` picks when not told: remote-embed unless torch sees a GPU."""
     import torch
 
-    from simdex.clients.indexer import default_remote_embed
+    from simdex.jobs.indexer import default_remote_embed
 
     return "remote-embed" if default_remote_embed(True, torch.cuda.is_available()) else "local-embed"
 
 
 def run_cli(argv: list[str]) -> int:
     """`simdex index ARGV` in this process, parsed by the real CLI."""
-    from simdex.clients.cli import build_parser
+    from simdex.cli.main import build_parser
 
     args = build_parser().parse_args(["index", *argv])
     return args.func(args)

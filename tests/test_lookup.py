@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from simdex.clients import Client, FailedPrecondition, InvalidArgument
-from simdex.clients import lookup as lk
+from simdex.lookup import page as lk
 
 EMB = "densenet-bc-random"  # small (32x32 input), random weights: fast, nothing to download
 DICOMS = ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "examples_overlay.dcm", "JPEG2000.dcm")
@@ -245,10 +245,10 @@ def test_json_is_strict_and_names_the_score(result):
 # ---- the command line ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def cli_main(monkeypatch):
-    from simdex.clients import cli
+    from simdex.cli import main as cli
 
-    if "simdex.clients.cli_lookup" not in cli.EXTRA_COMMANDS:  # until cli.py lists it
-        monkeypatch.setattr(cli, "EXTRA_COMMANDS", cli.EXTRA_COMMANDS + ("simdex.clients.cli_lookup",))
+    if "simdex.cli.lookup" not in cli.EXTRA_COMMANDS:  # until cli.py lists it
+        monkeypatch.setattr(cli, "EXTRA_COMMANDS", cli.EXTRA_COMMANDS + ("simdex.cli.lookup",))
     return cli.main
 
 

@@ -1,4 +1,4 @@
-"""simdex.index.meanshift.MeanShift against scikit-learn's MeanShift on seeded blobs, the lecture's failure case,
+"""simdex.estimators.meanshift.MeanShift against scikit-learn's MeanShift on seeded blobs, the lecture's failure case,
 bandwidth estimation, input validation, and the torch (GPU) code path against the FAISS one on CPU tensors."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from simdex.errors import InvalidArgument
-from simdex.index.meanshift import MeanShift, estimate_bandwidth
+from simdex.estimators.meanshift import MeanShift, estimate_bandwidth
 
 
 def blobs(n, d, centers, std, seed):

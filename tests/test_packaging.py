@@ -13,7 +13,7 @@ NO_FAISS = """
 import sys
 sys.modules["faiss"] = None  # as if neither faiss-cpu nor faiss-gpu were installed
 try:
-    import simdex.index.service
+    import simdex.service.facade
 except ImportError as exc:
     print(exc)
 """

@@ -40,7 +40,7 @@ def test_failed_transaction_writes_nothing(service, monkeypatch):
     x = np.arange(40, dtype=np.float32).reshape(10, 4)
     service.create_collection("atomic", 4)
     service.upsert("atomic", [f"a{i}" for i in range(10)], x)
-    from simdex.index import store as store_mod
+    from simdex.store import items as store_mod
 
     real = store_mod.Store._delete_iids
 
@@ -71,7 +71,7 @@ def test_delete_with_unknown_id_deletes_nothing(service):
 
 
 def test_restart_restores_snapshot_and_catches_up(tmp_path, db_url):
-    from simdex.index.service import Simdex
+    from simdex.service.facade import Simdex
 
     rng = np.random.default_rng(10)
     xb = rng.standard_normal((3000, 8)).astype(np.float32)
@@ -116,7 +116,7 @@ def test_compaction_rebuilds_after_many_deletes(sqlite_service):
 def test_stale_snapshot_of_another_collection_is_ignored(tmp_path):
     import shutil
 
-    from simdex.index.service import Simdex
+    from simdex.service.facade import Simdex
 
     s = Simdex(tmp_path / "d", snapshot_interval=0)
     s.create_collection("old", 4, "l2", "Flat")

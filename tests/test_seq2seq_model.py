@@ -246,7 +246,7 @@ def test_seq2seq_encoder_is_registered():
 
 @pytest.mark.skipif(not SHIPPED_SB.is_file(), reason="shipped spelling-bee model not built yet")
 def test_cli_eval_prints_word_accuracy_last(capsys):
-    from simdex.clients.cli import main
+    from simdex.cli.main import main
 
     assert main(["eval-seq2seq", "--task", "spelling-bee", "--limit", "20", "--beam", "2"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -255,8 +255,8 @@ def test_cli_eval_prints_word_accuracy_last(capsys):
 
 def test_train_cli_runs_and_resumes(tmp_path, monkeypatch):
     """A few steps of the real training command on a sliver of the data, then a resume that continues."""
-    from simdex.clients.cli import main
-    from simdex.embedder.seq2seq import train as tr
+    from simdex.cli.main import main
+    from simdex.training import seq2seq as tr
 
     full = spelling.split()
     monkeypatch.setattr(tr, "VAL_WORDS", 16)

@@ -5,7 +5,7 @@ Needs only grpcio, protobuf and numpy (the in-process mode needs the server extr
 from __future__ import annotations
 
 from simdex.clients.remote import RemoteClient
-from simdex.clients.types import (
+from simdex.types import (
     Cluster, ClusterResult, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, Item, Prediction, SearchResult,
 )
 from simdex.errors import (

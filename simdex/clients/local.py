@@ -1,8 +1,8 @@
 """The in-process transport: the same interface over a Simdex service in this process (needs the server extra)."""
 from __future__ import annotations
 
-from simdex.clients.base import ClientBase
-from simdex.clients.types import Cluster, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, Item, Prediction
+from simdex.clients.client import ClientBase
+from simdex.types import Cluster, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, Item, Prediction
 
 
 def _info(s) -> CollectionInfo:
@@ -19,7 +19,7 @@ class LocalClient(ClientBase):
     def __init__(self, path: str, db_url: str | None = None, snapshot_interval: float = 30.0,
                  weights: dict[str, str] | None = None, device: str | None = None):
         from simdex.embedder.registry import EmbedderPool  # noqa: PLC0415 - keep the client import light
-        from simdex.index.service import Simdex  # noqa: PLC0415
+        from simdex.service.facade import Simdex  # noqa: PLC0415
 
         self.service = Simdex(path, db_url, snapshot_interval=snapshot_interval,
                               embedders=EmbedderPool(weights, device))
@@ -65,7 +65,7 @@ class LocalClient(ClientBase):
     def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token, head="",
                 images=(), texts=()):
         from simdex.index.ann import Params  # noqa: PLC0415
-        from simdex.index import paging  # noqa: PLC0415
+        from simdex.service import paging  # noqa: PLC0415
 
         hits, metas = self.service.search(name, xq, k, radius=radius, filter=filter_text, params=Params(*params),
                                           page_size=page_size, page_token=token, include_metadata=include_metadata,
@@ -75,7 +75,7 @@ class LocalClient(ClientBase):
                 for i, h in enumerate(hits)]
 
     def _cluster(self, name, spec, page_size, token):
-        from simdex.index.clustering import ClusterSpec  # noqa: PLC0415
+        from simdex.service.clustering import ClusterSpec  # noqa: PLC0415
 
         if spec["bandwidth"] is not None:
             spec = {**spec, "bandwidth": float(spec["bandwidth"])}
@@ -84,7 +84,7 @@ class LocalClient(ClientBase):
         return clusters, r.bandwidth, r.n_iter, r.ids[start:end], r.labels[start:end].tolist(), nxt
 
     def _train_head(self, spec):
-        from simdex.index.heads import HeadSpec  # noqa: PLC0415
+        from simdex.service.heads import HeadSpec  # noqa: PLC0415
 
         return _head(self.service.train_head(HeadSpec(**spec)))
 

@@ -6,8 +6,8 @@ import json
 import grpc
 import numpy as np
 
-from simdex.clients.base import DEFAULT_MAX_MESSAGE_MB, ClientBase
-from simdex.clients.types import Cluster, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, Item, Prediction
+from simdex.clients.client import DEFAULT_MAX_MESSAGE_MB, ClientBase
+from simdex.types import Cluster, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, Item, Prediction
 from simdex.errors import from_code
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc

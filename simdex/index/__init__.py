@@ -1,1 +1,1 @@
-"""The server-side core: durable store (SQL), FAISS index wrapper, filters, collections. Needs the server extra."""
+"""FAISS only: the index wrapper (ann), back-end and thread settings, search batching, the readers-writer lock."""

@@ -18,7 +18,7 @@ import numpy as np
 from simdex.errors import InvalidArgument
 from simdex.index.backend import faiss, gpu_available, set_threads_for
 from simdex.index.rwlock import RWLock
-from simdex.metrics import BIGGER_IS_BETTER, worst
+from simdex.distances import BIGGER_IS_BETTER, worst
 
 LOG = logging.getLogger(__name__)
 # Cosine collections are indexed as squared L2 over unit vectors (d = 2 - 2 cos, the same ranking) and report

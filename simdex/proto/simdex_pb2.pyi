@@ -627,7 +627,7 @@ Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
 
 @_typing.final
 class ClusterRequest(_message.Message):
-    """Mean shift over a collection (or the items matching `filter`): see simdex.index.meanshift.MeanShift."""
+    """Mean shift over a collection (or the items matching `filter`): see simdex.estimators.meanshift.MeanShift."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -781,7 +781,7 @@ Global___ClusterResponse: _TypeAlias = ClusterResponse  # noqa: Y015
 
 @_typing.final
 class Head(_message.Message):
-    """A linear head trained on a collection's stored vectors (see simdex.index.heads)."""
+    """A linear head trained on a collection's stored vectors (see simdex.service.heads)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -1,1 +1,1 @@
-"""gRPC server: thin servicers over simdex.index.service.Simdex, auth and limits, health and reflection."""
+"""gRPC server: thin servicers over simdex.service.facade.Simdex, auth and limits, health and reflection."""

@@ -7,10 +7,10 @@ import numpy as np
 
 from simdex.errors import InvalidArgument, ResourceExhausted
 from simdex.index.ann import Params
-from simdex.index.clustering import DEFAULT_REPRESENTATIVES, ClusterSpec
-from simdex.index.heads import HeadSpec, json_object
-from simdex.index import paging
-from simdex.index.service import Simdex
+from simdex.service.clustering import DEFAULT_REPRESENTATIVES, ClusterSpec
+from simdex.service.heads import HeadSpec, json_object
+from simdex.service import paging
+from simdex.service.facade import Simdex
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
 from simdex.server.errors import grpc_errors

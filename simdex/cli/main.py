@@ -10,8 +10,8 @@ from pathlib import Path
 
 from simdex.wire import canonical_json, content_hash
 
-EXTRA_COMMANDS = ("simdex.clients.cli_embed", "simdex.clients.cli_densenet", "simdex.clients.cli_seq2seq",
-                  "simdex.clients.cli_index", "simdex.clients.cli_lookup")
+EXTRA_COMMANDS = ("simdex.cli.embed", "simdex.cli.densenet", "simdex.cli.seq2seq",
+                  "simdex.cli.index", "simdex.cli.lookup")
 UPLOAD_CHUNK = 4096  # rows per upsert call: each call is one acknowledged transaction
 
 
@@ -154,7 +154,7 @@ def cmd_cluster(args) -> int:
                 for id_, lab in zip(r.ids, r.labels.tolist()):
                     fh.write(json.dumps({"id": id_, "cluster": lab}) + "\n")
         if args.plot:
-            from simdex.clients.plot import cluster_scatter  # noqa: PLC0415 - matplotlib only when asked
+            from simdex.cli.plot import cluster_scatter  # noqa: PLC0415 - matplotlib only when asked
 
             cluster_scatter(c, args.collection, r, args.plot, args.plot_points)
     print(json.dumps({"bandwidth": r.bandwidth, "n_iter": r.n_iter, "n_points": len(r.ids),

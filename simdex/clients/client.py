@@ -10,10 +10,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from simdex.errors import InvalidArgument, ResourceExhausted
-from simdex.clients.types import (ClusterResult, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, Item, Prediction,
+from simdex.types import (ClusterResult, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, Item, Prediction,
                                   SearchResult, UpsertChunk)
 from simdex.errors import FailedPrecondition
-from simdex.metrics import worst
+from simdex.distances import worst
 from simdex.wire import as_matrix
 from simdex.clients.chunking import _filter_text, _json_texts, _offsets, _raw, _spans
 

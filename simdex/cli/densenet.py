@@ -9,7 +9,7 @@ import sys
 def cmd_train_densenet(args) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no busy-waiting threads
     from simdex.embedder import densenet_bc as dn  # noqa: PLC0415
-    from simdex.embedder import train_densenet as td  # noqa: PLC0415
+    from simdex.training import densenet as td  # noqa: PLC0415
 
     if bool(args.data) == bool(args.sklearn_digits):
         raise SystemExit("train-densenet needs exactly one of DATA (a folder of class sub-folders) "

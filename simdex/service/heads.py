@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from simdex.errors import FailedPrecondition, InvalidArgument, NotFound
-from simdex.index import filters
-from simdex.index.collection import Collection
-from simdex.index.headstore import HeadRecord
-from simdex.index.linear import RidgeProjection, SklearnLogistic, TorchLogistic, project, softmax_proba
-from simdex.index.store import Store
+from simdex.store import filters
+from simdex.service.collection import Collection
+from simdex.store.heads import HeadRecord
+from simdex.estimators.linear import RidgeProjection, SklearnLogistic, TorchLogistic, project, softmax_proba
+from simdex.store.items import Store
 
 LOG = logging.getLogger(__name__)
 CLASSIFIERS = ("logistic", "torch-logistic")
@@ -106,7 +106,7 @@ def json_object(text: str, what: str) -> dict:
 
 def check_spec(s: HeadSpec) -> HeadSpec:
     """The one gate for TrainHead: every argument checked, InvalidArgument naming the bad one."""
-    from simdex.index.service import check_name  # noqa: PLC0415 - service imports this module
+    from simdex.service.facade import check_name  # noqa: PLC0415 - service imports this module
 
     check_name(s.collection)
     check_name(s.head, "head")

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from simdex.clients import sources as src
+from simdex.jobs import sources as src
 from simdex.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from simdex.wire import canonical_json, content_hash
 

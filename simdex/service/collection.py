@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from simdex.index import filters
+from simdex.store import filters
 from simdex.index.ann import AnnIndex, Params
 from simdex.index.backend import NCPU, SMALL_BATCH, faiss
 from simdex.index.batcher import SearchBatcher
-from simdex.index.store import CollectionInfo, Store, WriteResult
-from simdex.metrics import BIGGER_IS_BETTER
+from simdex.store.items import CollectionInfo, Store, WriteResult
+from simdex.distances import BIGGER_IS_BETTER
 
 LOG = logging.getLogger(__name__)
 # Filters matching at most this many items are answered exactly from the stored vectors (read from the database,

@@ -15,17 +15,17 @@ def _open(args):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no busy-waiting threads
         from simdex.clients import Client  # noqa: PLC0415
 
-        from simdex.clients.cli import weights_map  # noqa: PLC0415
+        from simdex.cli.main import weights_map  # noqa: PLC0415
 
         return Client.local(args.data, weights=weights_map(args.weights) or None, device=args.device)
-    from simdex.clients.cli import _client  # noqa: PLC0415
+    from simdex.cli.main import _client  # noqa: PLC0415
 
     return _client(args)
 
 
 def _summary(res) -> str:
     """A plain-text table of the hits, for a terminal."""
-    from simdex.clients.lookup import score_meaning  # noqa: PLC0415
+    from simdex.lookup.page import score_meaning  # noqa: PLC0415
 
     lines = [f"{res.query_name} in {res.collection!r} ({res.embedder}); score: {score_meaning(res.metric)}"]
     for h in res.hits:
@@ -36,7 +36,7 @@ def _summary(res) -> str:
 
 
 def cmd_lookup(args) -> int:
-    from simdex.clients.lookup import lookup, render_html  # noqa: PLC0415
+    from simdex.lookup.page import lookup, render_html  # noqa: PLC0415
 
     query = Path(args.query)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def cmd_embedders(args) -> int:
     if args.target:
-        from simdex.clients.cli import _client  # noqa: PLC0415
+        from simdex.cli.main import _client  # noqa: PLC0415
 
         with _client(args) as c:
             rows = [e.__dict__ for e in c.list_embedders()]
@@ -33,7 +33,7 @@ def cmd_embedders(args) -> int:
 def cmd_embed(args) -> int:
     import numpy as np  # noqa: PLC0415
 
-    from simdex.clients.cli import _client  # noqa: PLC0415
+    from simdex.cli.main import _client  # noqa: PLC0415
 
     files = [Path(f) for f in args.files]
     with _client(args) as c:

@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from simdex.errors import FailedPrecondition, InvalidArgument
-from simdex.index import filters, paging
+from simdex.service import paging
+from simdex.store import filters
 from simdex.index.backend import faiss
-from simdex.index.collection import Collection
-from simdex.index.meanshift import MeanShift
-from simdex.index.store import Store
+from simdex.service.collection import Collection
+from simdex.estimators.meanshift import MeanShift
+from simdex.store.items import Store
 
 DEFAULT_PAGE = 10_000
 DEFAULT_REPRESENTATIVES = 5

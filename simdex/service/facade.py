@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from simdex.errors import FailedPrecondition, InvalidArgument, NotFound
-from simdex.index import clustering, filters, heads, paging
+from simdex.service import clustering, heads, paging
+from simdex.store import filters
 from simdex.index.ann import Params, make_faiss_index
-from simdex.index.collection import Collection, Hits
-from simdex.index.headstore import HeadRecord, HeadStore
-from simdex.index.linear import project
+from simdex.service.collection import Collection, Hits
+from simdex.store.heads import HeadRecord, HeadStore
+from simdex.estimators.linear import project
 from simdex.embedder import registry
 from simdex.embedder.inputs import Embedded, embed_raw
 from simdex.embedder.registry import EmbedderPool
-from simdex.index.store import CollectionInfo, Store, check_metadata, make_engine, migrate
+from simdex.store.items import CollectionInfo, Store, check_metadata, make_engine, migrate
 from simdex.wire import as_matrix, canonical_json, content_hash
 
 LOG = logging.getLogger(__name__)
@@ -306,7 +307,7 @@ class Simdex:
         """Mean shift over the collection (or its filtered items). -> (Clustering, start, end, next token)."""
         return self._cluster_jobs.cluster(self._col(name), self.store, spec, page_size, page_token)
 
-    # ---- heads (simdex.index.heads) --------------------------------------------------------------------------
+    # ---- heads (simdex.service.heads) --------------------------------------------------------------------------
     def train_head(self, spec: heads.HeadSpec) -> HeadRecord:
         """Train and store a new version of head `spec.head` (the old version serves until it is committed)."""
         spec = heads.check_spec(spec)

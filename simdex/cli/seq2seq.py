@@ -11,7 +11,7 @@ import sys
 
 def cmd_train(args) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from simdex.embedder.seq2seq.train import TrainOptions, train  # noqa: PLC0415
+    from simdex.training.seq2seq import TrainOptions, train  # noqa: PLC0415
 
     o = TrainOptions(task=args.task, out=args.out, data=args.data or "", direction=args.direction, bpe=args.bpe,
                      src_vectors=args.src_vectors or "", tgt_vectors=args.tgt_vectors or "", epochs=args.epochs,
@@ -62,7 +62,7 @@ def cmd_eval(args) -> int:
 def cmd_translate(args) -> int:
     texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if args.target:  # remote: the server's Translate RPC
-        from simdex.clients.cli import _client  # noqa: PLC0415
+        from simdex.cli.main import _client  # noqa: PLC0415
 
         with _client(args) as c:
             out = c.translate(texts, model=args.model, beam=args.beam)

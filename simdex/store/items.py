@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from simdex.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from simdex.index import filters
+from simdex.store import filters
 
 LOG = logging.getLogger(__name__)
 JSON_TYPE = JSON().with_variant(JSONB(), "postgresql")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from simdex.embedder.decode import decode_image, thumbnail_png
 from simdex.errors import FailedPrecondition, InvalidArgument, SimdexError
-from simdex.metrics import BIGGER_IS_BETTER
+from simdex.distances import BIGGER_IS_BETTER
 
 LOG = logging.getLogger(__name__)
 

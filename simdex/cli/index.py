@@ -17,7 +17,7 @@ def _open_client(args):
 
         weights = {args.embedder: args.weights} if args.weights and args.embedder else None
         return Client.local(args.data, weights=weights, device=args.device), True
-    from simdex.clients.cli import _client  # noqa: PLC0415
+    from simdex.cli.main import _client  # noqa: PLC0415
 
     return _client(args), False
 
@@ -36,7 +36,7 @@ def cmd_index(args) -> int:
     import os  # noqa: PLC0415
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/faiss load: no busy-waiting threads
-    from simdex.clients.indexer import Indexer, IndexOptions  # noqa: PLC0415
+    from simdex.jobs.indexer import Indexer, IndexOptions  # noqa: PLC0415
 
     opts = IndexOptions(
         collection=args.collection, embedder=args.embedder, remote_embed=args.remote_embed, weights=args.weights,

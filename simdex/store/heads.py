@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from simdex.errors import AlreadyExists, InvalidArgument, NotFound
-from simdex.index.store import CollectionRow, HeadRow, Store
+from simdex.store.items import CollectionRow, HeadRow, Store
 
 F32 = np.dtype("<f4")
 

@@ -1,9 +1,58 @@
-"""What the client returns. Plain dataclasses and numpy arrays; nothing here imports grpc."""
+"""The result and request types shared by the service, the servicer and both client transports.
+
+Plain dataclasses and numpy arrays: nothing here imports grpc, protobuf, sqlalchemy, faiss or torch.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from simdex import defaults
+
+
+# ---- requests ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SearchParams:
+    """Search-time knobs of an index kind; 0 means the kind's default (nprobe for IVF, efSearch for HNSW,
+    k_factor for refined kinds)."""
+    nprobe: int = 0
+    ef_search: int = 0
+    k_factor: int = 0
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Mean shift parameters of a Cluster call (scikit-learn's MeanShift names). `filter` is a JSON text."""
+    filter: str = ""
+    bandwidth: float | None = None
+    kernel: str = defaults.CLUSTER_KERNEL
+    bin_seeding: bool = False
+    min_bin_freq: int = defaults.CLUSTER_MIN_BIN_FREQ
+    cluster_all: bool = True
+    max_iter: int = defaults.CLUSTER_MAX_ITER
+    max_seeds: int | None = defaults.CLUSTER_MAX_SEEDS
+    representatives: int = defaults.CLUSTER_REPRESENTATIVES
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What to train: head `head` of `kind` on collection `collection` (labels from `label_field` or `labels`,
+    {id: label}; projections map into `target_collection`). `filter` is a JSON text."""
+    collection: str
+    head: str
+    kind: str = defaults.HEAD_KIND
+    label_field: str = ""
+    labels: dict[str, Any] | None = None
+    filter: str = ""
+    test_fraction: float = defaults.HEAD_TEST_FRACTION
+    balanced: bool = False
+    target_collection: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- results -------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -121,12 +170,13 @@ class HeadInfo:
 class Prediction:
     """classes: the head's label values; labels: one per input (classifiers); probabilities: (n, len(classes))
     float32 in classes order; vectors: (n, out_dim) float32 projections (projection heads); version: the head
-    version that answered."""
+    version that answered; label_indices: (n,) int64 positions of labels in classes (classifiers)."""
     classes: list
     labels: list | None
     probabilities: np.ndarray | None
     vectors: np.ndarray | None
     version: int
+    label_indices: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.vectors) if self.vectors is not None else len(self.labels or [])

@@ -1,0 +1,30 @@
+"""One place for each default that several parts of simdex share (server, service, both client transports, CLI).
+
+Import-light on purpose: the SDK reads these without the server extra.
+"""
+from __future__ import annotations
+
+import os
+
+# gRPC messages: the server's receive limit and the size the client splits requests to fit.
+MAX_MESSAGE_MB = 64
+
+# Mean shift (the Cluster RPC): absent request fields take these.
+CLUSTER_KERNEL = "flat"
+CLUSTER_MAX_ITER = 300
+CLUSTER_MAX_SEEDS = 1000            # seeds sampled when bin_seeding is off; 0/None seeds from every point
+CLUSTER_MIN_BIN_FREQ = 1
+CLUSTER_REPRESENTATIVES = 5         # member ids returned per cluster, nearest the centre first
+
+# Linear heads (the TrainHead RPC).
+HEAD_KIND = "logistic"
+HEAD_TEST_FRACTION = 0.2            # held out, stratified, seeded
+
+# Snapshots of the FAISS indexes, seconds between checks for changed collections.
+SNAPSHOT_INTERVAL_S = 30.0
+
+
+def quiet_openmp() -> None:
+    """Make OpenMP threads sleep instead of spinning while idle. Call before torch or faiss is imported: on a few
+    cores shared by gRPC threads, torch and faiss, the default busy-wait slows torch 10-100x (measured)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -1,0 +1,1 @@
+"""Batch jobs that are clients of the service: `simdex index` (sources, decoding, resume)."""
