@@ -25,7 +25,7 @@ PHI = {"PatientName": "Doe^Jane", "PatientID": "PID-12345", "PatientBirthDate": 
        "InstitutionName": "Saint Example Hospital", "ReferringPhysicianName": "Smith^John",
        "AccessionNumber": "ACC-998877", "StudyDescription": "Jane follow-up"}
 EVIL_ID = '<script>alert("x")</script>&id'
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

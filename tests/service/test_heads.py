@@ -15,7 +15,7 @@ from sklearn.model_selection import train_test_split
 from simdex import clients
 from simdex.cli import main as cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @functools.lru_cache(maxsize=None)

@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STUBS = ("simdex_pb2.py", "simdex_pb2.pyi", "simdex_pb2_grpc.py", "simdex_pb2_grpc.pyi")
 
 
