@@ -26,7 +26,8 @@ FAISS factory with simdex's validation, polysemous training off, vectors L2-norm
 then `knn` with simdex's default search parameters unless the row says otherwise (nprobe = nlist/8, at least 8;
 k_factor 8 for RFlat). `fresh` trains at once on the whole database; a live collection would instead answer exactly
 until it holds `min_train_size` vectors (the last column), since these kinds want that many training points.
-recall@10 = |top-10 ∩ exact top-10| / 10 against exact float32 search (IndexFlatIP over the normalised vectors).
+recall@10 = |top-10 ∩ exact top-10| / 10 against exact float32 search (a cosine Flat AnnIndex: exact squared L2
+over the normalised vectors, the ranking of cosine).
 Each kind is measured twice: as a simdex cosine collection, and as an "l2" AnnIndex over the same unit vectors built
 here by hand. The two columns agree since simdex indexes cosine as squared L2 over unit vectors (|q - x|^2 =
 2 - 2 cos); when it used inner product, compressed kinds lost much recall: PCA subtracts the mean, which changes
@@ -43,7 +44,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/faiss load: no busy-waiting OpenMP threads
+from simdex.defaults import quiet_openmp
+
+quiet_openmp()  # before torch/faiss load: idle OpenMP threads sleep instead of spinning
 # numpy's own OpenBLAS spins its threads: on 2 shared cores one 1024x1024 SVD took 25 s with them, 3.7 s without
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -240,16 +243,16 @@ def trained(desc: str, xb: np.ndarray, opq_niter: int):
     return ann
 
 
-def trained_l2(desc: str, ip, xb_unit: np.ndarray):
+def trained_l2(desc: str, cos, xb_unit: np.ndarray):
     """The same kind as an "l2" AnnIndex, for unit vectors (same exact ranking as cosine). A PCA/OPQ pre-transform is
-    copied from the trained cosine index `ip` (FAISS trains them without any metric) and only the index under it
+    copied from the trained cosine index `cos` (FAISS trains them without any metric) and only the index under it
     is trained again; other kinds train from scratch."""
     from simdex.index.ann import AnnIndex, _no_polysemous_training, faiss
 
     ann = AnnIndex(xb_unit.shape[1], "l2", desc)
-    if not isinstance(ip.index, faiss.IndexPreTransform):
+    if not isinstance(cos.index, faiss.IndexPreTransform):
         return ann.fresh(train_sample=xb_unit)
-    index = faiss.deserialize_index(faiss.serialize_index(ip.index))  # trained chain + an IP index we replace
+    index = faiss.deserialize_index(faiss.serialize_index(cos.index))  # the trained chain + an index we replace
     chain = [faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())]
     x = xb_unit
     for vt in chain:
@@ -285,29 +288,30 @@ def knobs_of(desc: str, p, opq_niter: int) -> str:
 
 def bench_desc(desc: str, rows: list[dict], xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, q_digit: np.ndarray,
                opq_niter: int):
-    """Train, fill and search one kind under simdex's cosine (inner product over unit vectors) and under l2 over
-    unit vectors; one result dict per search-parameter row."""
-    from simdex.index.ann import Params, min_train_size
+    """Train, fill and search one kind as a simdex cosine collection and as a hand-built "l2" AnnIndex over the
+    same unit vectors; one result dict per search-parameter row."""
+    from simdex.index.ann import min_train_size
+    from simdex.types import SearchParams
 
     t0 = time.perf_counter()
-    ip = trained(desc, xb, opq_niter)
+    cos = trained(desc, xb, opq_niter)
     t_train = time.perf_counter() - t0
-    fixed, resident = filled(ip, xb)
-    unit = ip._prep(xb)
-    l2 = trained_l2(desc, ip, unit)
+    fixed, resident = filled(cos, xb)
+    unit = cos._prep(xb)
+    l2 = trained_l2(desc, cos, unit)
     filled(l2, unit)
-    xq_unit = ip._prep(xq)
+    xq_unit = cos._prep(xq)
     out = []
     for extra in rows:
-        p = Params(**extra)
-        r = recall(ip.knn(xq, K, p)[1], gt)
+        p = SearchParams(**extra)
+        r = recall(cos.knn(xq, K, p)[1], gt)
         r2 = recall(l2.knn(xq_unit, K, p)[1], gt)
         lat = []
         for i in range(len(xq)):
             t0 = time.perf_counter()
-            ip.knn(xq[i:i + 1], K, p)
+            cos.knn(xq[i:i + 1], K, p)
             lat.append(time.perf_counter() - t0)
-        out.append({"desc": desc, "knobs": knobs_of(desc, p, opq_niter), "code": code_bytes(ip.index),
+        out.append({"desc": desc, "knobs": knobs_of(desc, p, opq_niter), "code": code_bytes(cos.index),
                     "resident": resident, "fixed_mb": fixed / 2**20, "recall": r.mean(), "recall_l2": r2.mean(),
                     "split": f"{r[q_digit].mean():.2f} · {r[~q_digit].mean():.2f}",
                     "split_l2": f"{r2[q_digit].mean():.2f} · {r2[~q_digit].mean():.2f}",
@@ -348,7 +352,7 @@ def run_model(name: str, sets: list[ImageSet], args, rng_seed: int) -> str:
     xb, xq, q_digit = np.ascontiguousarray(x[db]), np.ascontiguousarray(x[q]), is_digit[q]
     from simdex.index.ann import AnnIndex
 
-    exact = AnnIndex(x.shape[1], "cosine", "Flat")  # exact float32 inner product over normalised vectors
+    exact = AnnIndex(x.shape[1], "cosine", "Flat")  # exact float32 squared L2 over unit vectors: cosine's ranking
     exact.add(np.arange(len(xb), dtype=np.int64), [str(i) for i in range(len(xb))], xb)
     gt = exact.knn(xq, K)[1]
     results = []

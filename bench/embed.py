@@ -26,11 +26,12 @@ share that instance, so model load time is never in the numbers.
 """
 from __future__ import annotations
 
-import os
+from simdex.defaults import quiet_openmp
 
-os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # before torch/faiss load: no busy-waiting OpenMP threads
+quiet_openmp()  # before torch/faiss load: idle OpenMP threads sleep instead of spinning
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
@@ -88,11 +89,11 @@ def pipeline(pool, name: str, folder: Path, work: Path, batch: int, chunk: int, 
     from simdex.clients import Client
     from simdex.jobs.indexer import Indexer, IndexOptions
 
-    with Client.local(str(work), snapshot_interval=0) as c:
-        c.service.embedders = pool  # the already loaded, warmed-up instance
+    with Client.local(str(work), snapshot_interval=0, device=pool.device) as c:
+        c.embed(name, images=[folder.joinpath("img00000.jpg").read_bytes()])  # the service loads and warms its model
         opts = IndexOptions(name.replace("-", "_"), embedder=name, remote_embed=remote, batch_size=batch,
                             chunk_size=chunk, workers=workers, progress=False, errors_file=str(work / "errors.jsonl"))
-        return Indexer(c, opts, in_process=True, embedder=pool.get(name)).run(folder)
+        return Indexer(c, opts).run(folder)  # local-embed runs the service's embedder (c.embedder_pool) too
 
 
 def rpc_rates(pool, name: str, files: list[Path], work: Path, n1: int) -> tuple[float, float]:
@@ -176,7 +177,7 @@ def main() -> None:
 
     import torch
 
-    from simdex.jobs.indexer import default_workers
+    from simdex.jobs.local_embed import default_workers
     from simdex.embedder.registry import EmbedderPool
 
     w, h = (int(v) for v in args.size.split("x"))

@@ -7,16 +7,18 @@ between their labelings, for make_blobs sets of 50,000 x 2-d, 50,000 x 16-d, 1,0
 """
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import sys
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from simdex.defaults import quiet_openmp  # noqa: E402
+
+quiet_openmp()  # before torch/faiss load: idle OpenMP threads sleep instead of spinning
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -18,9 +18,9 @@ not timed). Tables:
 """
 from __future__ import annotations
 
-import os
+from simdex.defaults import quiet_openmp
 
-os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # before faiss (or any OpenMP) loads: no busy-waiting threads
+quiet_openmp()  # before faiss (or any OpenMP) loads: idle threads sleep instead of spinning
 
 import argparse  # noqa: E402
 import platform  # noqa: E402
@@ -81,6 +81,68 @@ def sklearn_run(X, bw, bin_seeding, timeout):
             f"({pts[250][0]:.1f} s, {pts[1000][0]:.1f} s)", sk.labels_, len(sk.cluster_centers_))
 
 
+def compare_sklearn(args, gpu: bool) -> dict:
+    """(a): scikit-learn's MeanShift (default and bin_seeding) against simdex's on 2-d and 16-d blobs; per d
+    (sklearn default s, sklearn bin_seeding s, simdex s, ARI of simdex vs sklearn default)."""
+    gcol = " simdex GPU s |" if gpu else ""
+    print(f"## (a) {args.n:,} points: scikit-learn MeanShift(n_jobs=2) vs simdex MeanShift (CPU)\n")
+    print(f"| d | method | wall s | how | simdex speed-up | clusters | ARI vs sklearn default |{gcol}")
+    print("|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
+    results = {}
+    for d in (2, 16):
+        bw = BANDWIDTH[d]
+        X, _ = blobs(args.n, d, args.centers, seed=d)
+        t_def, how_def, ref, k_def = sklearn_run(X, bw, False, args.sklearn_timeout)
+        t_bin, how_bin, lab_bin, k_bin = sklearn_run(X, bw, True, args.sklearn_timeout)
+        t_ms, ms = timed(lambda bw=bw, X=X: _ms(bw, "cpu").fit(X))
+        t_g = timed(lambda bw=bw, X=X: _ms(bw, "gpu").fit(X))[0] if gpu else None
+        ari = adjusted_rand_score(ref, ms.labels_)
+        results[d] = (t_def, t_bin, t_ms, ari)
+        print(f"| {d} | sklearn default | {t_def:.1f} | {how_def} | {t_def / t_ms:.0f}x | {k_def} | 1 (reference) |"
+              + (" |" if gpu else ""))
+        print(f"| {d} | sklearn bin_seeding=True | {t_bin:.1f} | {how_bin} | {t_bin / t_ms:.1f}x | {k_bin} | "
+              f"{adjusted_rand_score(ref, lab_bin):.4f} |" + (" |" if gpu else ""))
+        print(f"| {d} | simdex (1,000 sampled seeds) | {t_ms:.2f} | measured, n_iter_={ms.n_iter_} | 1x | "
+              f"{len(ms.cluster_centers_)} | {ari:.4f} |" + (f" {t_g:.2f} |" if gpu else ""))
+    return results
+
+
+def simdex_alone(args, gpu: bool) -> dict:
+    """(b): simdex on the large 16-d set and the high-dimensional one; {(n, d): CPU seconds}."""
+    gcol = " simdex GPU s |" if gpu else ""
+    print(f"\n## (b) simdex alone\n\n| n | d | bandwidth | wall s | clusters | ARI vs blobs | n_iter_ |{gcol}")
+    print("|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
+    large = {}
+    for n, d in ((args.n_large, 16), (args.n_hd, args.dim_hd)):
+        bw = BANDWIDTH.get(d, BANDWIDTH[4096])
+        X, y = blobs(n, d, 20, seed=d + 1)
+        t, ms = timed(lambda bw=bw, X=X: _ms(bw, "cpu").fit(X))
+        t_g = timed(lambda bw=bw, X=X: _ms(bw, "gpu").fit(X))[0] if gpu else None
+        large[(n, d)] = t
+        print(f"| {n:,} | {d} | {bw} | {t:.1f} | {len(ms.cluster_centers_)} | "
+              f"{adjusted_rand_score(y, ms.labels_):.4f} | {ms.n_iter_} |" + (f" {t_g:.2f} |" if gpu else ""))
+        del X, y, ms
+    return large
+
+
+def targets(args, results: dict, large: dict) -> None:
+    """(c): each target with its value and whether it was met."""
+    print("\n## (c) targets\n\n| target | value | met? |\n|---|---|---|")
+    for d, (t_def, t_bin, t_ms, ari) in results.items():
+        print(f"| {d}-d: ARI vs sklearn >= 0.99 | {ari:.4f} | {'yes' if ari >= 0.99 else 'NO'} |")
+        print(f"| {d}-d: >= 20x faster than sklearn default | {t_def / t_ms:.0f}x | "
+              f"{'yes' if t_def / t_ms >= 20 else 'NO'} |")
+        print(f"| {d}-d: faster than sklearn bin_seeding=True | {t_bin / t_ms:.1f}x | "
+              f"{'yes' if t_bin > t_ms else 'NO'} |")
+    if (args.n_large, 16) in large:
+        t = large[(args.n_large, 16)]
+        print(f"| {args.n_large:,} x 16-d under 120 s | {t:.1f} s | {'yes' if t < 120 else 'NO'} |")
+
+
+def _ms(bw: float, device: str) -> MeanShift:
+    return MeanShift(bandwidth=bw, device=device)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=50_000, help="points in the scikit-learn comparison sets")
@@ -94,55 +156,12 @@ def main() -> None:
     args = ap.parse_args()
 
     gpu = gpu_available() or _torch_cuda()
-    ms_cpu = lambda bw: MeanShift(bandwidth=bw, device="cpu")  # noqa: E731
-    ms_gpu = lambda bw: MeanShift(bandwidth=bw, device="gpu")  # noqa: E731
     print(f"# simdex mean shift benchmark\n\nmachine: {platform.processor() or platform.machine()}, {NCPU} cores; "
           f"GPU: {'yes' if gpu else 'no'}; data: make_blobs, {args.centers} centres in [-20, 20]^d, std 1, float32; "
           f"bandwidth (given to both): {BANDWIDTH}\n")
-    gcol = " simdex GPU s |" if gpu else ""
-    print(f"## (a) {args.n:,} points: scikit-learn MeanShift(n_jobs=2) vs simdex MeanShift (CPU)\n")
-    print(f"| d | method | wall s | how | simdex speed-up | clusters | ARI vs sklearn default |{gcol}")
-    print("|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
-    results = {}
-    for d in (2, 16):
-        bw = BANDWIDTH[d]
-        X, _ = blobs(args.n, d, args.centers, seed=d)
-        t_def, how_def, ref, k_def = sklearn_run(X, bw, False, args.sklearn_timeout)
-        t_bin, how_bin, lab_bin, k_bin = sklearn_run(X, bw, True, args.sklearn_timeout)
-        t_ms, ms = timed(lambda bw=bw, X=X: ms_cpu(bw).fit(X))
-        t_g = timed(lambda bw=bw, X=X: ms_gpu(bw).fit(X))[0] if gpu else None
-        ari = adjusted_rand_score(ref, ms.labels_)
-        results[d] = (t_def, t_bin, t_ms, ari)
-        g = lambda: f" {t_g:.2f} |" if gpu else ""  # noqa: E731
-        print(f"| {d} | sklearn default | {t_def:.1f} | {how_def} | {t_def / t_ms:.0f}x | {k_def} | 1 (reference) |"
-              + (" |" if gpu else ""))
-        print(f"| {d} | sklearn bin_seeding=True | {t_bin:.1f} | {how_bin} | {t_bin / t_ms:.1f}x | {k_bin} | "
-              f"{adjusted_rand_score(ref, lab_bin):.4f} |" + (" |" if gpu else ""))
-        print(f"| {d} | simdex (1,000 sampled seeds) | {t_ms:.2f} | measured, n_iter_={ms.n_iter_} | 1x | "
-              f"{len(ms.cluster_centers_)} | {ari:.4f} |" + g())
-    large = {}
-    if not args.skip_large:
-        print(f"\n## (b) simdex alone\n\n| n | d | bandwidth | wall s | clusters | ARI vs blobs | n_iter_ |{gcol}")
-        print("|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
-        for n, d in ((args.n_large, 16), (args.n_hd, args.dim_hd)):
-            bw = BANDWIDTH.get(d, BANDWIDTH[4096])
-            X, y = blobs(n, d, 20, seed=d + 1)
-            t, ms = timed(lambda bw=bw, X=X: ms_cpu(bw).fit(X))
-            t_g = timed(lambda bw=bw, X=X: ms_gpu(bw).fit(X))[0] if gpu else None
-            large[(n, d)] = t
-            print(f"| {n:,} | {d} | {bw} | {t:.1f} | {len(ms.cluster_centers_)} | "
-                  f"{adjusted_rand_score(y, ms.labels_):.4f} | {ms.n_iter_} |" + (f" {t_g:.2f} |" if gpu else ""))
-            del X, y, ms
-    print("\n## (c) targets\n\n| target | value | met? |\n|---|---|---|")
-    for d, (t_def, t_bin, t_ms, ari) in results.items():
-        print(f"| {d}-d: ARI vs sklearn >= 0.99 | {ari:.4f} | {'yes' if ari >= 0.99 else 'NO'} |")
-        print(f"| {d}-d: >= 20x faster than sklearn default | {t_def / t_ms:.0f}x | "
-              f"{'yes' if t_def / t_ms >= 20 else 'NO'} |")
-        print(f"| {d}-d: faster than sklearn bin_seeding=True | {t_bin / t_ms:.1f}x | "
-              f"{'yes' if t_bin > t_ms else 'NO'} |")
-    if (args.n_large, 16) in large:
-        t = large[(args.n_large, 16)]
-        print(f"| {args.n_large:,} x 16-d under 120 s | {t:.1f} s | {'yes' if t < 120 else 'NO'} |")
+    results = compare_sklearn(args, gpu)
+    large = {} if args.skip_large else simdex_alone(args, gpu)
+    targets(args, results, large)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Everything lands in --out (default ./demo-data); rerunning skips what is done.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from simdex.defaults import quiet_openmp
 
 SIMDEX = [sys.executable, "-m", "simdex"]
 
@@ -100,6 +101,7 @@ def precision_at_10(target: str, query_dir: Path) -> tuple[float, int]:
 
 
 def main() -> int:
+    quiet_openmp()  # before torch loads here (and inherited by the simdex commands it runs)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo-data")
     p.add_argument("--epochs", type=int, default=3, help="DenseNet-BC training epochs (about 2 minutes each on 2 idle cores)")
@@ -107,7 +109,6 @@ def main() -> int:
     a = p.parse_args()
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     t0 = time.time()
     model = train(out, a.epochs)
     index_dir, query_dir = write_digits(out)

@@ -135,12 +135,14 @@ class Cluster:
 @dataclass
 class ClusterResult:
     """clusters: most populated first. ids/labels: every clustered item and its cluster label ((n,) int32,
-    -1 when cluster_all=False left it out)."""
+    -1 when cluster_all=False left it out). n_points: how many items were clustered, over every page (one page of
+    a paged answer holds only some of them in ids/labels)."""
     clusters: list[Cluster]
     ids: list[str]
     labels: np.ndarray
     bandwidth: float
     n_iter: int
+    n_points: int = 0
 
     def members(self, label: int) -> list[str]:
         return [i for i, lab in zip(self.ids, self.labels.tolist()) if lab == label]

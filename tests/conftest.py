@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import uuid
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from simdex.defaults import quiet_openmp
+
+quiet_openmp()  # before faiss or torch is imported
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -90,9 +92,21 @@ def remote(server):
         yield c
 
 
+@pytest.fixture
+def stub(server):
+    """A raw gRPC stub on the `server` fixture, for what only the wire shows (status codes, trailing metadata)."""
+    import grpc
+
+    from simdex.proto import simdex_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(server.target, options=[("grpc.max_send_message_length", -1)])
+    yield pb_grpc.SimdexStub(channel)
+    channel.close()
+
+
 @pytest.fixture(params=["remote", "local"])
 def client(request, tmp_path):
-    """The same tests against Client (gRPC) and Client.local (in-process)."""
+    """The same tests against Client (gRPC) and Client.local (in-process): the congruence of the two transports."""
     from simdex.clients import Client
 
     if request.param == "local":

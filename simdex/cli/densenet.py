@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 
 def cmd_train_densenet(args) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no busy-waiting threads
     from simdex.embedder import densenet_bc as dn  # noqa: PLC0415
     from simdex.training import densenet as td  # noqa: PLC0415
 
@@ -41,7 +39,7 @@ def cmd_train_densenet(args) -> int:
     return 0
 
 
-def add_parsers(sub, client_args) -> None:
+def add_parsers(sub) -> None:
     s = sub.add_parser("train-densenet", help="train the DenseNet-BC of the densenet-bc embedder")
     s.add_argument("data", nargs="?", help="folder of class sub-folders of images")
     s.add_argument("--sklearn-digits", action="store_true",

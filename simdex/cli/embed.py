@@ -5,12 +5,13 @@ import json
 import sys
 from pathlib import Path
 
+from simdex.cli.common import client_args, open_client
+from simdex.defaults import MAX_MESSAGE_MB
+
 
 def cmd_embedders(args) -> int:
     if args.target:
-        from simdex.cli.main import _client  # noqa: PLC0415
-
-        with _client(args) as c:
+        with open_client(args) as c:
             rows = [e.__dict__ for e in c.list_embedders()]
     else:
         from simdex.embedder.registry import EmbedderPool, specs  # noqa: PLC0415
@@ -33,10 +34,8 @@ def cmd_embedders(args) -> int:
 def cmd_embed(args) -> int:
     import numpy as np  # noqa: PLC0415
 
-    from simdex.cli.main import _client  # noqa: PLC0415
-
     files = [Path(f) for f in args.files]
-    with _client(args) as c:
+    with open_client(args) as c:
         if args.text:
             e = c.embed_items(args.embedder, texts=list(args.files))
         else:
@@ -49,13 +48,13 @@ def cmd_embed(args) -> int:
     return 0
 
 
-def add_parsers(sub, client_args) -> None:
+def add_parsers(sub) -> None:
     s = sub.add_parser("embedders", help="registered embedders: dims and whether their weights are present")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.add_argument("--target", help="ask this server instead of reading the local registry")
     s.add_argument("--token-file")
     s.add_argument("--tls-ca")
-    s.add_argument("--max-message-mb", type=float, default=64)
+    s.add_argument("--max-message-mb", type=float, default=MAX_MESSAGE_MB)
     s.set_defaults(func=cmd_embedders)
 
     s = sub.add_parser("embed", help="embed image/DICOM files (or --text sentences) on the server into a .npy file")

@@ -8,18 +8,19 @@ import json
 import sys
 from pathlib import Path
 
+from simdex.cli.common import client_args, open_client
+
 
 def _open_client(args):
+    """An in-process Client over --data (with the embedder's --weights), else a remote one (--target)."""
     if args.weights and not args.embedder:
         raise SystemExit("--weights needs --embedder (the embedder the weights file belongs to)")
     if args.data:
         from simdex.clients import Client  # noqa: PLC0415
 
         weights = {args.embedder: args.weights} if args.weights and args.embedder else None
-        return Client.local(args.data, weights=weights, device=args.device), True
-    from simdex.cli.main import _client  # noqa: PLC0415
-
-    return _client(args), False
+        return Client.local(args.data, weights=weights, device=args.device)
+    return open_client(args)
 
 
 def _echo_error(row: dict) -> None:
@@ -33,9 +34,6 @@ def _echo_error(row: dict) -> None:
 
 
 def cmd_index(args) -> int:
-    import os  # noqa: PLC0415
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/faiss load: no busy-waiting threads
     from simdex.jobs.indexer import Indexer, IndexOptions  # noqa: PLC0415
 
     opts = IndexOptions(
@@ -44,10 +42,10 @@ def cmd_index(args) -> int:
         inflight=args.inflight, all_frames=args.all_frames, metric=args.metric, index=args.index,
         ids_file=args.ids_file, vector_column=args.vector_column, id_column=args.id_column,
         errors_file=args.errors, progress=not args.no_progress)
-    client, in_process = _open_client(args)
+    client = _open_client(args)
     try:
         with client:
-            s = Indexer(client, opts, in_process=in_process, on_error=_echo_error).run(args.source)
+            s = Indexer(client, opts, on_error=_echo_error).run(args.source)
     except KeyboardInterrupt:
         print("simdex index: interrupted; acknowledged chunks are stored, run again to resume", file=sys.stderr)
         return 130
@@ -61,7 +59,7 @@ def cmd_index(args) -> int:
     return 1 if s.failed else 0
 
 
-def add_parsers(sub, client_args) -> None:
+def add_parsers(sub) -> None:
     s = sub.add_parser("index", help="embed and store a folder of images/DICOM, a file list, or a .npy/Parquet "
                                      "file of vectors (resumable)")
     s.add_argument("source", type=Path, help="a folder (recursive), a text file of paths (relative to its folder), "

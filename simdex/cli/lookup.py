@@ -8,19 +8,17 @@ import os
 import sys
 from pathlib import Path
 
+from simdex.cli.common import DEFAULT_TARGET, open_client, weights_map
+from simdex.defaults import MAX_MESSAGE_MB
+
 
 def _open(args):
     """A remote client (--target), or an in-process one over the data directory --data."""
     if args.data:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no busy-waiting threads
         from simdex.clients import Client  # noqa: PLC0415
 
-        from simdex.cli.main import weights_map  # noqa: PLC0415
-
         return Client.local(args.data, weights=weights_map(args.weights) or None, device=args.device)
-    from simdex.cli.main import _client  # noqa: PLC0415
-
-    return _client(args)
+    return open_client(args)
 
 
 def _summary(res) -> str:
@@ -63,7 +61,7 @@ def cmd_lookup(args) -> int:
     return 0
 
 
-def add_parsers(sub, client_args) -> None:
+def add_parsers(sub) -> None:
     s = sub.add_parser("lookup", help="nearest stored images of a DICOM instance or image, as HTML and/or JSON")
     s.add_argument("query", help="a DICOM Part-10 file or an image (PNG, JPEG ...)")
     s.add_argument("--collection", required=True, help="a collection created with an image embedder")
@@ -73,12 +71,12 @@ def add_parsers(sub, client_args) -> None:
     s.add_argument("--root", help="folder that the items' 'path' metadata is relative to (default: current dir)")
     s.add_argument("--filter", help='only hits matching this metadata filter (JSON), e.g. \'{"Modality": "CT"}\'')
     where = s.add_mutually_exclusive_group()
-    where.add_argument("--target", default=os.environ.get("SIMDEX_TARGET", "127.0.0.1:50051"),
+    where.add_argument("--target", default=os.environ.get("SIMDEX_TARGET", DEFAULT_TARGET),
                        help="server address (default $SIMDEX_TARGET or 127.0.0.1:50051)")
     where.add_argument("--data", help="search in-process in this data directory instead (no server may own it)")
     s.add_argument("--token-file")
     s.add_argument("--tls-ca", help="PEM root certificate: connect with TLS")
-    s.add_argument("--max-message-mb", type=float, default=64)
+    s.add_argument("--max-message-mb", type=float, default=MAX_MESSAGE_MB)
     s.add_argument("--weights", action="append", metavar="NAME=FILE", help="with --data: an embedder's weights file")
     s.add_argument("--device", help="with --data: where the embedder runs (cpu or cuda)")
     s.set_defaults(func=cmd_lookup)

@@ -4,13 +4,13 @@ torch is imported only when one of these commands runs, so the light client's CL
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 
+from simdex.cli.common import client_args, open_client
+
 
 def cmd_train(args) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from simdex.training.seq2seq import TrainOptions, train  # noqa: PLC0415
 
     o = TrainOptions(task=args.task, out=args.out, data=args.data or "", direction=args.direction, bpe=args.bpe,
@@ -40,7 +40,6 @@ def _command(args) -> str:
 
 
 def cmd_eval(args) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from simdex.embedder.seq2seq import spelling  # noqa: PLC0415
     from simdex.embedder.seq2seq.checkpoint import load_model  # noqa: PLC0415
 
@@ -62,12 +61,9 @@ def cmd_eval(args) -> int:
 def cmd_translate(args) -> int:
     texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if args.target:  # remote: the server's Translate RPC
-        from simdex.cli.main import _client  # noqa: PLC0415
-
-        with _client(args) as c:
+        with open_client(args) as c:
             out = c.translate(texts, model=args.model, beam=args.beam)
     else:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from simdex.embedder.seq2seq.checkpoint import load_model  # noqa: PLC0415
 
         out = load_model(args.model, device=args.device).translate(texts, beam=args.beam)
@@ -76,7 +72,7 @@ def cmd_translate(args) -> int:
     return 0
 
 
-def add_parsers(sub, client_args) -> None:
+def add_parsers(sub) -> None:
     s = sub.add_parser("train-seq2seq", help="train the seq2seq translator (spelling bee or questions)")
     s.add_argument("--task", default="spelling-bee", choices=["spelling-bee", "translate"])
     s.add_argument("--data", help="translate: Giga-French file prefix (PREFIX.en / PREFIX.fr) or 'bundled'")
@@ -103,7 +99,7 @@ def add_parsers(sub, client_args) -> None:
     s.add_argument("--max-minutes", type=float, default=0, help="stop (with a checkpoint) after this long")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("eval-seq2seq", help="spelling-bee word accuracy on the held-out 10% (last line)")
+    s = sub.add_parser("eval-seq2seq", help="spelling-bee word accuracy on the held-out 10%% (last line)")
     s.add_argument("--task", default="spelling-bee", choices=["spelling-bee"])
     s.add_argument("--model", default="spelling-bee", help="shipped model name or checkpoint file")
     s.add_argument("--beam", type=int, default=1)

@@ -1,38 +1,22 @@
-"""The gRPC transport of the client."""
+"""The gRPC transport of `Client`: each method is one RPC, its messages made and read by `simdex.convert`."""
 from __future__ import annotations
 
-import json
-
 import grpc
-import numpy as np
 
-from simdex.clients.client import DEFAULT_MAX_MESSAGE_MB, ClientBase
-from simdex.types import Cluster, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, Item, Prediction
-from simdex.errors import from_code
+from simdex import convert, defaults
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
-from simdex.wire import pack, unpack, unpack_floats
+from simdex.types import SearchParams
 
 
-def _info(c: pb.Collection) -> CollectionInfo:
-    return CollectionInfo(c.name, c.dim, c.metric, c.index, c.count, c.trained, c.seq, c.created_unix_ms, c.embedder,
-                          c.embedder_fingerprint)
+class RemoteTransport:
+    """A channel to a simdex server. Errors arrive as the SimdexError of their status, `item` restored."""
 
+    in_process = False
+    embedder_pool = None
 
-def _head(h: pb.Head) -> HeadInfo:
-    return HeadInfo(h.name, h.collection, h.kind, h.version, [json.loads(c) for c in h.classes], json.loads(h.metrics),
-                    h.created_unix_ms, h.trained_on, h.embedder_fingerprint, h.target_collection, h.dim, h.out_dim,
-                    json.loads(h.params or "{}"))
-
-
-def _matrix(x: np.ndarray) -> pb.Matrix:
-    data, shape = pack(x)
-    return pb.Matrix(data=data, shape=shape)
-
-
-class RemoteClient(ClientBase):
     def __init__(self, target: str = "127.0.0.1:50051", token: str | None = None, *, tls: bool = False,
-                 root_certificates: bytes | None = None, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
+                 root_certificates: bytes | None = None, max_message_mb: float = defaults.MAX_MESSAGE_MB,
                  timeout: float | None = None):
         self.target = target
         self.max_message_bytes = int(max_message_mb * 1024 * 1024)
@@ -57,110 +41,78 @@ class RemoteClient(ClientBase):
         try:
             return method(request, timeout=self.timeout, metadata=self._md)
         except grpc.RpcError as exc:
-            raise from_code(exc.code().name, exc.details() or str(exc.code())) from None
+            trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else ()
+            raise convert.error_from_status(exc.code().name, exc.details() or str(exc.code()), trailing) from None
 
-    def _create(self, name, dim, metric, index, embedder):
-        return _info(self._call(self.stub.CreateCollection, pb.CreateCollectionRequest(
+    # ---- collections -------------------------------------------------------------------------------------
+    def create_collection(self, name, dim, metric, index, embedder):
+        return convert.collection_from_pb(self._call(self.stub.CreateCollection, pb.CreateCollectionRequest(
             name=name, dim=dim, metric=metric, index=index, embedder=embedder)))
 
-    def _get_collection(self, name):
-        return _info(self._call(self.stub.GetCollection, pb.GetCollectionRequest(name=name)))
+    def get_collection(self, name):
+        return convert.collection_from_pb(self._call(self.stub.GetCollection, pb.GetCollectionRequest(name=name)))
 
-    def _list(self):
-        return [_info(c) for c in self._call(self.stub.ListCollections, pb.ListCollectionsRequest()).collections]
+    def list_collections(self):
+        r = self._call(self.stub.ListCollections, pb.ListCollectionsRequest())
+        return [convert.collection_from_pb(c) for c in r.collections]
 
-    def _drop(self, name):
+    def delete_collection(self, name):
         self._call(self.stub.DeleteCollection, pb.DeleteCollectionRequest(name=name))
 
-    def _upsert(self, name, chunks):
-        messages = (
-            pb.UpsertRequest(collection=name, ids=c.ids, vectors=_matrix(c.vectors) if c.vectors is not None else None,
-                             metadata=c.metadata, content_hashes=c.content_hashes, images=c.images, texts=c.texts,
-                             embedder_fingerprint=c.fingerprint)
-            for c in chunks
-        )
-        return self._call(self.stub.Upsert, messages).upserted
+    # ---- items -------------------------------------------------------------------------------------------
+    def upsert(self, name, chunks):
+        return self._call(self.stub.Upsert, (convert.upsert_to_pb(name, c) for c in chunks)).upserted
 
-    def _delete(self, name, ids, ignore_missing):
-        return self._call(self.stub.Delete, pb.DeleteRequest(collection=name, ids=ids,
-                                                             ignore_missing=ignore_missing)).deleted
+    def delete(self, name, ids, ignore_missing):
+        r = self._call(self.stub.Delete, pb.DeleteRequest(collection=name, ids=ids, ignore_missing=ignore_missing))
+        return r.deleted
 
-    def _get(self, name, ids, with_vectors, ignore_missing):
+    def get(self, name, ids, with_vectors, ignore_missing):
         r = self._call(self.stub.Get, pb.GetRequest(collection=name, ids=ids, omit_vectors=not with_vectors,
                                                     ignore_missing=ignore_missing))
-        X = unpack(r.vectors.data, r.vectors.shape) if with_vectors and r.ids else [None] * len(r.ids)
-        return [Item(i, None if v is None else v.copy(), json.loads(m), h)
-                for i, v, m, h in zip(r.ids, X, r.metadata, r.content_hashes)]
+        return convert.items_from_pb(r, with_vectors)
 
-    def _count(self, name, filter_text):
-        return self._call(self.stub.Count, pb.CountRequest(collection=name, filter=filter_text)).count
+    def count(self, name, filter):  # noqa: A002
+        return self._call(self.stub.Count, pb.CountRequest(collection=name, filter=filter)).count
 
-    def _search(self, name, xq, k, radius, filter_text, params, include_metadata, page_size, token, head="",
-                images=(), texts=()):
-        req = pb.SearchRequest(collection=name, queries=_matrix(xq) if xq is not None else None, k=k,
-                               filter=filter_text, images=images, texts=texts,
-                               params=pb.SearchParams(nprobe=params[0], ef_search=params[1], k_factor=params[2]),
-                               include_metadata=include_metadata, page_size=page_size, page_token=token, head=head)
-        if radius is not None:
-            req.radius = radius
-        r = self._call(self.stub.Search, req)
-        return [(list(h.ids), unpack_floats(h.distances), [json.loads(m) for m in h.metadata], h.next_page_token)
-                for h in r.results]
+    def search(self, name, queries, k, *, radius=None, filter="", params=SearchParams(),  # noqa: A002
+               include_metadata=False, page_size=0, page_token="", head="", images=(), texts=()):
+        req = convert.search_request_to_pb(name, queries, k, radius=radius, filter=filter, params=params,
+                                           include_metadata=include_metadata, page_size=page_size,
+                                           page_token=page_token, head=head, images=images, texts=texts)
+        return convert.search_response_from_pb(self._call(self.stub.Search, req), include_metadata)
 
-    def _cluster(self, name, spec, page_size, token):
-        req = pb.ClusterRequest(collection=name, filter=spec["filter"], kernel=spec["kernel"],
-                                bin_seeding=spec["bin_seeding"], min_bin_freq=spec["min_bin_freq"],
-                                cluster_all=spec["cluster_all"], max_iter=spec["max_iter"],
-                                max_seeds=spec["max_seeds"] or 0, representatives=spec["representatives"],
-                                page_size=page_size, page_token=token)
-        if spec["bandwidth"] is not None:
-            req.bandwidth = spec["bandwidth"]
-        r = self._call(self.stub.Cluster, req)
-        clusters = [Cluster(c.label, c.size, unpack_floats(c.center).copy(), list(c.representatives))
-                    for c in r.clusters]
-        return clusters, r.bandwidth, r.n_iter, list(r.member_ids), list(r.member_labels), r.next_page_token
+    def cluster(self, name, spec, page_size, page_token):
+        req = convert.cluster_request_to_pb(name, spec, page_size, page_token)
+        return convert.cluster_response_from_pb(self._call(self.stub.Cluster, req))
 
-    def _train_head(self, spec):
-        req = pb.TrainHeadRequest(
-            collection=spec["collection"], head=spec["head"], kind=spec["kind"], label_field=spec["label_field"],
-            labels=json.dumps(spec["labels"], ensure_ascii=False) if spec["labels"] is not None else "",
-            filter=spec["filter"], test_fraction=spec["test_fraction"], balanced=spec["balanced"],
-            target_collection=spec["target_collection"],
-            params=json.dumps(spec["params"]) if spec["params"] else "")
-        return _head(self._call(self.stub.TrainHead, req))
+    # ---- heads -------------------------------------------------------------------------------------------
+    def train_head(self, spec):
+        return convert.head_from_pb(self._call(self.stub.TrainHead, convert.head_spec_to_pb(spec)))
 
-    def _get_head(self, name):
-        return _head(self._call(self.stub.GetHead, pb.GetHeadRequest(name=name)))
+    def get_head(self, name):
+        return convert.head_from_pb(self._call(self.stub.GetHead, pb.GetHeadRequest(name=name)))
 
-    def _list_heads(self, collection):
-        return [_head(h) for h in self._call(self.stub.ListHeads, pb.ListHeadsRequest(collection=collection)).heads]
+    def list_heads(self, collection):
+        r = self._call(self.stub.ListHeads, pb.ListHeadsRequest(collection=collection))
+        return [convert.head_from_pb(h) for h in r.heads]
 
-    def _delete_head(self, name):
+    def delete_head(self, name):
         return self._call(self.stub.DeleteHead, pb.DeleteHeadRequest(name=name)).versions
 
-    def _predict(self, head, ids, x, images, texts):
-        req = pb.PredictRequest(head=head, ids=ids, images=images, texts=texts)
-        if x is not None:
-            req.vectors.CopyFrom(_matrix(x))
-        r = self._call(self.stub.Predict, req)
-        if r.HasField("projections"):
-            return Prediction([], None, None, unpack(r.projections.data, r.projections.shape).copy(), r.version)
-        classes = [json.loads(c) for c in r.classes]
-        P = unpack(r.probabilities.data, r.probabilities.shape, "probabilities").copy()
-        return Prediction(classes, [classes[i] for i in r.label_indices], P, None, r.version)
+    def predict(self, head, ids, vectors, images, texts):
+        req = convert.predict_request_to_pb(head, ids, vectors, images, texts)
+        return convert.prediction_from_pb(self._call(self.stub.Predict, req))
 
-    def _list_embedders(self):
+    # ---- embedders and the translator ---------------------------------------------------------------------
+    def list_embedders(self):
         r = self._call(self.stub.ListEmbedders, pb.ListEmbeddersRequest())
-        return [EmbedderInfo(e.name, e.modality, e.dim, e.description, e.weights_present, e.weights_file,
-                             e.fingerprint) for e in r.embedders]
+        return [convert.embedder_from_pb(e) for e in r.embedders]
 
-    def _embed(self, embedder, images, texts, all_frames):
-        r = self._call(self.stub.Embed, pb.EmbedRequest(embedder=embedder, images=images, texts=texts,
-                                                        all_frames=all_frames))
-        return Embedding(unpack(r.vectors.data, r.vectors.shape, "vectors").copy(), r.fingerprint,
-                         np.asarray(r.item_index, np.int64), np.asarray(r.frame_index, np.int64),
-                         [json.loads(m) for m in r.metadata])
+    def embed(self, embedder, images, texts, all_frames):
+        req = pb.EmbedRequest(embedder=embedder, images=images, texts=texts, all_frames=all_frames)
+        return convert.embedding_from_pb(self._call(self.stub.Embed, req))
 
-    def _translate(self, model, texts, beam, max_len):
+    def translate(self, model, texts, beam, max_len):
         r = self._call(self.stub.Translate, pb.TranslateRequest(model=model, texts=texts, beam=beam, max_len=max_len))
         return list(zip(r.translations, r.scores))

@@ -2,8 +2,9 @@
 everything else through Pillow.
 
 Every failure names the item with the caller's label ("images[3] (id 'scan-7')"), so one bad file in a batch of
-thousands can be found. `decode_many` decodes a whole batch before returning: a bad item fails the request before
-anything is embedded or written."""
+thousands can be found, and carries its position in the batch as `err.item` (so callers never parse the message).
+`decode_many` decodes a whole batch before returning: a bad item fails the request before anything is embedded or
+written."""
 from __future__ import annotations
 
 import logging
@@ -41,35 +42,37 @@ class Decoded:
     frame: int
 
 
-def decode_image(data: bytes, what: str = "image", all_frames: bool = False) -> list[Decoded]:
+def decode_image(data: bytes, what: str = "image", all_frames: bool = False,
+                 item: int | None = None) -> list[Decoded]:
     """Encoded image or DICOM Part-10 bytes -> one Decoded per frame.
 
     DICOM gives its middle frame, or every frame with `all_frames`; other formats give their first frame.
-    Raises InvalidArgument (or FailedPrecondition for a DICOM codec missing here) whose message starts with `what`."""
+    Raises InvalidArgument (or FailedPrecondition for a DICOM codec missing here) whose message starts with `what`
+    and whose `item` is `item` (the input's position in its batch)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise InvalidArgument(f"{what}: expected encoded bytes, got {type(data).__name__}")
+        raise InvalidArgument(f"{what}: expected encoded bytes, got {type(data).__name__}", item=item)
     if len(data) == 0:
-        raise InvalidArgument(f"{what}: cannot decode: the input is empty (0 bytes)")
+        raise InvalidArgument(f"{what}: cannot decode: the input is empty (0 bytes)", item=item)
     kind = "DICOM" if dicom.is_dicom(data) else "image"
     try:
         if kind == "DICOM":
             return _from_dicom(bytes(data), all_frames)
         return [Decoded(_from_pillow(data), {}, 0)]
     except SimdexError as e:
-        raise type(e)(f"{what}: cannot decode {kind} ({len(data):,} bytes): {e.message}") from e
+        raise type(e)(f"{what}: cannot decode {kind} ({len(data):,} bytes): {e.message}", item=item) from e
 
 
 def decode_many(items: Sequence[bytes], labels: Sequence[str], all_frames: bool = False,
                 workers: int = 0) -> list[list[Decoded]]:
     """decode_image over a batch: result[i] holds item i's frames. All items are decoded before this returns;
-    the first bad item (in input order) raises. `workers` > 1 decodes in that many threads (Pillow and pydicom's
-    codecs release the GIL for much of their work)."""
+    the first bad item (in input order) raises, with `err.item` = its index. `workers` > 1 decodes in that many
+    threads (Pillow and pydicom's codecs release the GIL for much of their work)."""
     if len(items) != len(labels):
         raise InvalidArgument(f"{len(items)} items but {len(labels)} labels")
     if workers > 1 and len(items) > 1:
         with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="simdex-decode") as pool:
-            return list(pool.map(lambda a: decode_image(a[0], a[1], all_frames), zip(items, labels)))
-    return [decode_image(x, label, all_frames) for x, label in zip(items, labels)]
+            return list(pool.map(lambda i: decode_image(items[i], labels[i], all_frames, i), range(len(items))))
+    return [decode_image(x, label, all_frames, i) for i, (x, label) in enumerate(zip(items, labels))]
 
 
 def thumbnail_png(rgb: np.ndarray, max_side: int = 256) -> bytes:

@@ -23,16 +23,30 @@ class Embedded:
     metadata: list[dict] = field(default_factory=list)
 
 
+def item_label(kind: str, i: int, id_: str | None = None) -> str:
+    """"images[3] (id 'scan-7')": how errors name input `i` of a request (its id when it has one)."""
+    return f"{kind}[{i}]" if id_ is None else f"{kind}[{i}] (id {id_!r})"
+
+
+def without_label(message: str, label: str) -> str:
+    """`message` without the "LABEL: " that an error about one input starts with: for reports that name the
+    input already (the batch indexer's error report, by id and path)."""
+    return message.removeprefix(f"{label}: ")
+
+
 def labels_for(kind: str, n: int, ids: Sequence[str] | None = None) -> list[str]:
-    """"images[3] (id 'scan-7')": how errors name an item."""
+    """item_label of each of `n` inputs."""
     if ids:
-        return [f"{kind}[{i}] (id {v!r})" for i, v in enumerate(ids)]
-    return [f"{kind}[{i}]" for i in range(n)]
+        return [item_label(kind, i, v) for i, v in enumerate(ids)]
+    return [item_label(kind, i) for i in range(n)]
 
 
 def embed_raw(emb, images: Sequence[bytes] = (), texts: Sequence[str] = (), ids: Sequence[str] | None = None,
               all_frames: bool = False) -> Embedded:
-    """Embed `images` (encoded image or DICOM bytes) or `texts` with the loaded embedder `emb`."""
+    """Embed `images` (encoded image or DICOM bytes) or `texts` with the loaded embedder `emb`.
+
+    An error about one input (bytes that do not decode, an empty text) is raised with `err.item` = its index;
+    errors about the request as a whole (wrong modality) have `err.item` None."""
     images, texts = list(images), list(texts)
     if bool(images) == bool(texts):
         raise InvalidArgument("give either images or texts (one kind of raw input per request)")
@@ -48,11 +62,11 @@ def embed_raw(emb, images: Sequence[bytes] = (), texts: Sequence[str] = (), ids:
                         np.array([d.frame for _, d in rows], np.int64), [dict(d.metadata) for _, d in rows])
     if emb.modality != "text":
         raise InvalidArgument(f"embedder {emb.name!r} embeds {emb.modality}s; texts were sent")
-    for label, t in zip(labels_for("texts", len(texts), ids), texts):
+    for i, (label, t) in enumerate(zip(labels_for("texts", len(texts), ids), texts)):
         if not isinstance(t, str) or not t.strip():
-            raise InvalidArgument(f"{label}: empty text")
+            raise InvalidArgument(f"{label}: empty text", item=i)
         if len(t) > MAX_TEXT_CHARS:
-            raise InvalidArgument(f"{label}: text longer than {MAX_TEXT_CHARS} characters")
+            raise InvalidArgument(f"{label}: text longer than {MAX_TEXT_CHARS} characters", item=i)
     x = emb.embed_texts(texts)
     n = len(texts)
     return Embedded(x, emb.fingerprint, np.arange(n), np.zeros(n, np.int64), [{} for _ in range(n)])

@@ -20,7 +20,7 @@ class EmbedderSpec:
     name: str
     modality: str            # "image" | "text"
     dim: int
-    factory: str             # "simdex.embedder.vgg:load_embedder"
+    factory: str             # "module:function", e.g. "simdex.embedder.vgg:load_fc6"
     weights_file: str = ""   # file name in the torch hub checkpoint folder; "" = random weights
     weights_url: str = ""    # where a person with internet can fetch it
     description: str = ""

@@ -126,39 +126,52 @@ class TorchLogistic:
             yb = torch.from_numpy(yb).to(dev)
             return F.cross_entropy(lin(xb), yb, weight=w, reduction="sum") * scale
 
-        if self.solver == "lbfgs":
-            opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=self.max_iter, tolerance_grad=1e-6,
-                                    line_search_fn="strong_wolfe")
+        def penalty():
+            return 0.5 * lam * (lin.weight ** 2).sum()
 
-            def closure():
-                opt.zero_grad()
-                total = 0.5 * lam * (lin.weight ** 2).sum()
-                total.backward()
-                total = float(total.detach())
-                for xb, yb in batches():  # the gradient accumulates over the whole set, batch by batch
-                    loss = batch_loss(xb, yb, 1.0 / n)
-                    loss.backward()
-                    total += float(loss.detach())
-                return torch.tensor(total)
-
-            opt.step(closure)
-            self.n_iter_ = int(opt.state[opt._params[0]].get("n_iter", 0))
-        else:
-            opt = torch.optim.Adam(lin.parameters(), lr=self.lr)
-            steps = max(1, self.epochs * math.ceil(n / self.batch_size))
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-            for _ in range(self.epochs):
-                for xb, yb in batches():
-                    # per-batch mean of the weighted loss, plus the penalty: unbiased for the full objective
-                    loss = batch_loss(xb, yb, 1.0 / len(yb)) + 0.5 * lam * (lin.weight ** 2).sum()
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-            self.n_iter_ = self.epochs
+        fit = self._fit_lbfgs if self.solver == "lbfgs" else self._fit_adam
+        self.n_iter_ = fit(lin, batches, batch_loss, penalty, n)
         self.coef_ = lin.weight.detach().cpu().numpy().astype(np.float32)
         self.intercept_ = lin.bias.detach().cpu().numpy().astype(np.float32)
         return self
+
+    def _fit_lbfgs(self, lin, batches: Batches, batch_loss, penalty, n: int) -> int:
+        """Full-batch L-BFGS over the mean loss; returns the iterations run."""
+        import torch  # noqa: PLC0415
+
+        opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=self.max_iter, tolerance_grad=1e-6,
+                                line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            total = penalty()
+            total.backward()
+            total = float(total.detach())
+            for xb, yb in batches():  # the gradient accumulates over the whole set, batch by batch
+                loss = batch_loss(xb, yb, 1.0 / n)
+                loss.backward()
+                total += float(loss.detach())
+            return torch.tensor(total)
+
+        opt.step(closure)
+        return int(opt.state[opt._params[0]].get("n_iter", 0))
+
+    def _fit_adam(self, lin, batches: Batches, batch_loss, penalty, n: int) -> int:
+        """Mini-batch Adam with a cosine-decayed learning rate; returns the epochs run."""
+        import torch  # noqa: PLC0415
+
+        opt = torch.optim.Adam(lin.parameters(), lr=self.lr)
+        steps = max(1, self.epochs * math.ceil(n / self.batch_size))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        for _ in range(self.epochs):
+            for xb, yb in batches():
+                # per-batch mean of the weighted loss, plus the penalty: unbiased for the full objective
+                loss = batch_loss(xb, yb, 1.0 / len(yb)) + penalty()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+        return self.epochs
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return softmax_proba(_check(X, self.coef_.shape[1]), self.coef_, self.intercept_)

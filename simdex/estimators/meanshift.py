@@ -20,6 +20,7 @@ import logging
 import numpy as np
 from scipy import sparse
 
+from simdex import defaults
 from simdex.errors import InvalidArgument
 from simdex.index.backend import faiss, gpu_available, set_threads_for
 from simdex.wire import as_matrix
@@ -223,8 +224,9 @@ class MeanShift:
     seed), bandwidth_ float (given or estimated), n_features_in_ int.
     """
 
-    def __init__(self, bandwidth=None, seeds=None, bin_seeding=False, min_bin_freq=1, cluster_all=True,
-                 max_iter=300, kernel="flat", device="auto", max_seeds=1000, random_state=0):
+    def __init__(self, bandwidth=None, seeds=None, bin_seeding=False, min_bin_freq=defaults.CLUSTER_MIN_BIN_FREQ,
+                 cluster_all=True, max_iter=defaults.CLUSTER_MAX_ITER, kernel=defaults.CLUSTER_KERNEL, device="auto",
+                 max_seeds=defaults.CLUSTER_MAX_SEEDS, random_state=0):
         self.bandwidth = bandwidth
         self.seeds = seeds
         self.bin_seeding = bin_seeding

@@ -3,7 +3,8 @@
 Positions are FAISS labels; each holds one internal item id (iid) and its external id. Deleted or replaced
 items become tombstones (their position is masked out of every search with an IDSelectorBitmap) until the
 collection compacts by rebuilding from the database. Kinds that cannot take a selector (PQ, LSH) are
-searched with oversampling and post-filtering instead. Cosine collections store unit vectors under inner product.
+searched with oversampling and post-filtering instead. Cosine collections store unit vectors under squared L2
+(the ranking of cosine) and report cos = 1 - d/2.
 
 Shapes: xb, xq are (n, d) float32; D (nq, k) float32; P (nq, k) int64 positions (-1 for no hit).
 """
@@ -11,14 +12,14 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 
 import numpy as np
 
+from simdex.distances import BIGGER_IS_BETTER, worst
 from simdex.errors import InvalidArgument
 from simdex.index.backend import faiss, gpu_available, set_threads_for
 from simdex.index.rwlock import RWLock
-from simdex.distances import BIGGER_IS_BETTER, worst
+from simdex.types import SearchParams
 
 LOG = logging.getLogger(__name__)
 # Cosine collections are indexed as squared L2 over unit vectors (d = 2 - 2 cos, the same ranking) and report
@@ -29,14 +30,6 @@ FAISS_METRIC = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT, "cosine
 FAISS_SPACE = {"l2": "l2", "ip": "ip", "cosine": "l2"}  # the metric FAISS itself ranks by
 MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this many training points per centroid
 MAX_DIM = 65536
-
-
-@dataclass(frozen=True)
-class Params:
-    """Search-time knobs; 0 means the default of the kind (see DEFAULT_*)."""
-    nprobe: int = 0
-    ef_search: int = 0
-    k_factor: int = 0
 
 
 def default_nprobe(nlist: int) -> int:
@@ -103,7 +96,7 @@ def _no_polysemous_training(index) -> None:
         core.do_polysemous_training = False
 
 
-def _walk_params(index, p: Params, sel, keep: list):
+def _walk_params(index, p: SearchParams, sel, keep: list):
     """SearchParameters matching the structure of `index` (Refine > PreTransform > IVF | HNSW | other)."""
     if isinstance(index, faiss.IndexRefine):
         out = faiss.IndexRefineSearchParameters(k_factor=float(p.k_factor or DEFAULT_K_FACTOR),
@@ -178,10 +171,7 @@ class AnnIndex:
         # the hand-offs between the callers (measured in-process, HNSW32, 8 threads: +45-70 us CPU and +2.5
         # context switches per query).
         self.stacks = not _is_graph(index)
-        self._plain_params: dict = {}  # SearchParameters of unfiltered searches, one per Params value
-
-    def iids(self) -> np.ndarray:
-        return self._pos_iid[: self.ntotal][self._live[: self.ntotal]]
+        self._plain_params: dict = {}  # SearchParameters of unfiltered searches, one per SearchParams value
 
     # ---- writes ------------------------------------------------------------------------------------------
     def _prep(self, x: np.ndarray) -> np.ndarray:
@@ -270,7 +260,7 @@ class AnnIndex:
             self._gpu_stale = False
         return self._gpu or self.index
 
-    def knn(self, xq: np.ndarray, k: int, params: Params = Params(), allowed: np.ndarray | None = None):
+    def knn(self, xq: np.ndarray, k: int, params: SearchParams = SearchParams(), allowed: np.ndarray | None = None):
         """Best k live (and `allowed`, a bool mask over positions) hits per query -> (D, P)."""
         xq = self._prep(xq)
         with self.lock.read():
@@ -308,7 +298,7 @@ class AnnIndex:
         return mask
 
     def _run(self, index, xq, k, params, sel):
-        if sel is None:  # the common case: reuse one parameters object per Params value
+        if sel is None:  # the common case: reuse one parameters object per SearchParams value
             cached = self._plain_params.get(params)
             if cached is None:
                 keep: list = []
@@ -334,7 +324,8 @@ class AnnIndex:
             Po[i, : len(sel)] = P[i, sel]
         return Do, Po
 
-    def range(self, xq: np.ndarray, radius: float, params: Params = Params(), allowed: np.ndarray | None = None):
+    def range(self, xq: np.ndarray, radius: float, params: SearchParams = SearchParams(),
+              allowed: np.ndarray | None = None):
         """Every live (and allowed) hit within `radius`, best first: a list of (D, P) per query."""
         xq = self._prep(xq)
         if self.metric == "cosine":  # cos > r  <=>  |x - y|^2 < 2 - 2r for unit vectors

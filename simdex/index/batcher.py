@@ -17,14 +17,17 @@ import numpy as np
 
 
 class SearchBatcher:
-    def __init__(self, run: Callable, name: str = "search-batcher", slots: int = 1):
-        self._run = run  # run(xq, k, key) -> (D, P); requests with equal keys are stacked
-        self.name = name
+    """Stacks concurrent `search` calls into few `run(xq, k, key) -> (D, P)` calls; requests with equal keys
+    (the same index and parameters) share one call. No thread of its own: nothing to start or close."""
+
+    def __init__(self, run: Callable, slots: int = 1):
+        self._run = run
         self._pending: deque = deque()
         self._queue_lock = threading.Lock()
         self._combiner = threading.BoundedSemaphore(max(1, slots))
 
     def search(self, xq: np.ndarray, k: int, key):
+        """(nq, d) float32 queries -> (D (nq, k) float32, P (nq, k) int64), the rows of this request only."""
         fut: Future = Future()
         with self._queue_lock:
             self._pending.append((xq, k, key, fut))
@@ -39,9 +42,6 @@ class SearchBatcher:
                 for key_, items in groups.items():
                     self._serve(key_, items)
         return fut.result()
-
-    def close(self) -> None:
-        """Nothing to stop: no thread of its own."""
 
     def _serve(self, key, items) -> None:
         try:

@@ -1,21 +1,21 @@
 """What `simdex index` reads: the files of a folder or a list, or the rows of a .npy / Parquet file of vectors.
 
-File sources give `FileItem`s (id = the path relative to the folder, or to the list file's folder, posix style).
-Vector sources give `VectorBlock`s. The decoding side of the indexer (what each DataLoader worker does with a file)
-lives here too: read, hash, decode, preprocess; a bad file comes back as a failure, never as an exception."""
+File sources give `FileItem`s (id = the path relative to the folder, or to the list file's folder, posix style),
+planned (read, hashed, frames counted) into `Planned` files. Vector sources give `VectorBlock`s. What a decoding
+worker does with a file lives with the local-embedding pipeline (simdex.jobs.local_embed)."""
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from simdex.errors import InvalidArgument, SimdexError
+from simdex.errors import InvalidArgument
 
 LOG = logging.getLogger(__name__)
 
@@ -148,146 +148,12 @@ def frame_hashes(digest: str, n: int) -> list[str]:
     return [digest] if n == 1 else [f"{digest}#{f}" for f in range(n)]
 
 
-# ---- the decoding worker --------------------------------------------------------------------------------------
-@dataclass
-class Loaded:
-    """One decoded file: (m, 3, h, w) float32 `x`, and per row its id, metadata and content hash."""
-    index: int
-    x: object  # torch.Tensor
-    ids: list[str]
-    metadata: list[dict]
-    hashes: list[str]
-
-
-@dataclass
-class Failed:
-    index: int
-    id: str
-    path: str
-    reason: str
-
-
-@dataclass
-class Batch:
-    """What a worker hands the model: stacked rows of every good file of the batch, and the failures."""
-    x: object = None  # torch.Tensor (M, 3, h, w) or None when no file of the batch decoded
-    ids: list[str] = field(default_factory=list)
-    metadata: list[dict] = field(default_factory=list)
-    hashes: list[str] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)  # 1 on each file's last row: progress counts whole files
-    failed: list[Failed] = field(default_factory=list)
-
-    def pin_memory(self) -> "Batch":
-        """Called by the DataLoader's pin-memory thread when the model runs on a GPU (faster, async copies)."""
-        if self.x is not None:
-            self.x = self.x.pin_memory()
-        return self
-
-
-class FileDataset:
-    """Map-style dataset over `items`: index -> Loaded | Failed. Runs in DataLoader workers (forked, so the
-    embedder's `preprocess` is inherited, never pickled)."""
-
-    def __init__(self, items: list[FileItem], preprocess: Callable, all_frames: bool):
-        self.items, self.preprocess, self.all_frames = items, preprocess, all_frames
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        import torch  # noqa: PLC0415
-
-        from simdex.embedder.decode import decode_image  # noqa: PLC0415
-        from simdex.embedder.dicom import is_dicom  # noqa: PLC0415
-
-        it = self.items[i]
-        try:
-            data = it.path.read_bytes()
-            frames = decode_image(data, it.id, self.all_frames)
-            x = torch.stack([self.preprocess(f.rgb) for f in frames])
-        except OSError as e:
-            return Failed(i, it.id, str(it.path), f"cannot read: {e.strerror or e}")
-        except SimdexError as e:
-            return Failed(i, it.id, str(it.path), _strip_label(e.message, it.id))
-        digest = hashlib.sha256(data).hexdigest()
-        dicom = is_dicom(data)
-        ids = frame_ids(it.id, len(frames), self.all_frames)
-        metas = [item_metadata(it.path, f.metadata, f.frame if dicom else None) for f in frames]
-        return Loaded(i, x, ids, metas, frame_hashes(digest, len(ids)))
-
-
 def item_metadata(path: Path, tags: dict, frame: int | None) -> dict:
     """What an item stores: the allow-listed DICOM tags, its file's absolute path and, for DICOM, the frame."""
     meta = {**tags, "path": str(Path(path).absolute())}
     if frame is not None:
         meta["frame"] = int(frame)
     return meta
-
-
-def collate(results: list) -> Batch:
-    """Stack the rows of a batch's good files (in the worker, so the model process only does the forward)."""
-    import torch  # noqa: PLC0415
-
-    b = Batch()
-    good = []
-    for r in results:
-        if isinstance(r, Failed):
-            b.failed.append(r)
-            continue
-        good.append(r.x)
-        b.ids += r.ids
-        b.metadata += r.metadata
-        b.hashes += r.hashes
-        b.ends += [0] * (len(r.ids) - 1) + [1]
-    if good:
-        b.x = good[0] if len(good) == 1 else torch.cat(good)
-    return b
-
-
-class TodoBatches:
-    """The DataLoader's batch sampler: lists of `size` file indices, taken lazily from the planner (the DataLoader
-    asks for the next batch only as workers free up, so planning streams alongside embedding)."""
-
-    def __init__(self, todo: Iterator[Planned], size: int):
-        self.todo, self.size = todo, size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batch = []
-        for p in self.todo:
-            batch.append(p.index)
-            if len(batch) == self.size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-
-class Rows:
-    """Embedded rows waiting for their chunk: ids, vectors, metadata, hashes, and `ends` (1 on a file's last row,
-    so progress counts files when they are acknowledged)."""
-
-    def __init__(self):
-        self.ids, self.x, self.metas, self.hashes, self.ends = [], [], [], [], []
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def add(self, ids, x, metas, hashes, ends) -> None:
-        self.ids += ids
-        self.x.extend(x)
-        self.metas += metas
-        self.hashes += hashes
-        self.ends += ends
-
-    def take(self, n: int) -> tuple:
-        out = (self.ids[:n], np.stack(self.x[:n]), self.metas[:n], self.hashes[:n], sum(self.ends[:n]))
-        del self.ids[:n], self.x[:n], self.metas[:n], self.hashes[:n], self.ends[:n]
-        return out
-
-
-def _strip_label(message: str, id_: str) -> str:
-    """decode_image prefixes its messages with the label it was given (the id): the report has the id already."""
-    return message.removeprefix(f"{id_}: ")
 
 
 # ---- vector sources -------------------------------------------------------------------------------------------

@@ -12,15 +12,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from simdex.service.facade import Simdex
+from simdex import defaults
+from simdex.embedder.registry import EmbedderPool
+from simdex.errors import SimdexError
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
 from simdex.server.auth import TokenAuth
 from simdex.server.servicer import SimdexServicer
+from simdex.service.facade import Simdex
 
 LOG = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Simdex"].full_name
-DEFAULT_MAX_MESSAGE_MB = 64
 
 
 @dataclass
@@ -34,7 +36,7 @@ class Tls:
 
 
 def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str | None = None,
-                  tls: Tls | None = None, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
+                  tls: Tls | None = None, max_message_mb: float = defaults.MAX_MESSAGE_MB,
                   workers: int = 16):
     """A started-ready (not started) gRPC server for `service`. Returns (server, bound port, health servicer)."""
     max_bytes = int(max_message_mb * 1024 * 1024)
@@ -67,16 +69,13 @@ def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str |
 
 def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str | None = None,
           token_file: str | None = None, tls: Tls | None = None,
-          max_message_mb: float = DEFAULT_MAX_MESSAGE_MB, snapshot_interval: float = 30.0,
+          max_message_mb: float = defaults.MAX_MESSAGE_MB, snapshot_interval: float = defaults.SNAPSHOT_INTERVAL_S,
           weights: dict[str, str] | None = None, device: str | None = None) -> None:
     """Run a server until SIGTERM/SIGINT. `weights` maps embedder names to weights files (default: the torch hub
     cache); `device` is where embedders run ("cpu", "cuda"; default: the GPU when there is one)."""
     token = Path(token_file).read_text().strip() if token_file else None
     if token_file and not token:
         raise SystemExit(f"token file {token_file} is empty")
-    from simdex.embedder.registry import EmbedderPool  # noqa: PLC0415
-    from simdex.errors import SimdexError  # noqa: PLC0415
-
     try:
         pool = EmbedderPool(weights, device)
     except SimdexError as exc:

@@ -1,4 +1,5 @@
-"""The one place domain errors become gRPC statuses."""
+"""The one place domain errors become gRPC statuses: SimdexError -> its code, its message, and `simdex-item`
+trailing metadata naming the input at fault (simdex.convert.error_metadata); anything else -> INTERNAL."""
 from __future__ import annotations
 
 import functools
@@ -6,6 +7,7 @@ import logging
 
 import grpc
 
+from simdex.convert import error_metadata
 from simdex.errors import SimdexError
 
 LOG = logging.getLogger(__name__)
@@ -19,6 +21,9 @@ def grpc_errors(method):
         try:
             return method(self, request, context)
         except SimdexError as exc:
+            trailing = error_metadata(exc)
+            if trailing:
+                context.set_trailing_metadata(trailing)
             context.abort(grpc.StatusCode[exc.code], exc.message)
         except Exception:  # noqa: BLE001 - the server must keep serving; the log has the stack
             LOG.exception("internal error in %s", method.__name__)

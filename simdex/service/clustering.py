@@ -1,9 +1,10 @@
 """Mean shift over a collection's stored vectors: the job behind the Cluster RPC.
 
 The vectors come from the database (the source of truth), optionally restricted by a metadata filter; cosine
-collections are clustered as unit vectors, like their index. Results are kept for a few recent requests so that
-member labels can be paged without clustering again; a page token names the collection sequence number it was
-computed at, and a later page of a changed collection is refused rather than silently mixed.
+collections are clustered as unit vectors, as their index holds them (squared L2 over unit vectors). Results are
+kept for a few recent requests so that member labels can be paged without clustering again; a page token names
+the collection sequence number it was computed at, and a later page of a changed collection is refused rather
+than silently mixed.
 """
 from __future__ import annotations
 
@@ -15,44 +16,25 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from simdex.errors import FailedPrecondition, InvalidArgument
-from simdex.service import paging
-from simdex.store import filters
-from simdex.index.backend import faiss
-from simdex.service.collection import Collection
 from simdex.estimators.meanshift import MeanShift
+from simdex.index.backend import faiss
+from simdex.service import paging
+from simdex.service.collection import Collection
+from simdex.store import filters
 from simdex.store.items import Store
+from simdex.types import Cluster, ClusterResult, ClusterSpec
 
-DEFAULT_PAGE = 10_000
-DEFAULT_REPRESENTATIVES = 5
+DEFAULT_PAGE = 10_000     # member labels per page when the request names no page_size
+MAX_PAGE = 1_000_000
 CACHED_RESULTS = 4
 CHUNK = 65_536
 
 
-@dataclass(frozen=True)
-class ClusterSpec:
-    filter: str = ""
-    bandwidth: float | None = None
-    kernel: str = "flat"
-    bin_seeding: bool = False
-    min_bin_freq: int = 1
-    cluster_all: bool = True
-    max_iter: int = 300
-    max_seeds: int | None = 1000
-    representatives: int = DEFAULT_REPRESENTATIVES
-
-
-@dataclass
-class ClusterSummary:
-    label: int
-    size: int
-    center: np.ndarray            # (d,) float32
-    representatives: list[str]
-
-
 @dataclass
 class Clustering:
+    """One finished clustering, kept for paging: computed at collection sequence number `seq`."""
     seq: int
-    clusters: list[ClusterSummary]
+    clusters: list[Cluster]
     bandwidth: float
     n_iter: int
     ids: list[str]                # every clustered item
@@ -73,6 +55,7 @@ def representatives(X: np.ndarray, centers: np.ndarray, labels: np.ndarray, r: i
 
 
 def run(col: Collection, store: Store, spec: ClusterSpec) -> Clustering:
+    """Mean shift over the stored vectors of `col` (those matching the spec's filter)."""
     info = col.info
     conds = filters.parse(spec.filter)
     seq, iids, ext = col.listing(conds)
@@ -90,7 +73,7 @@ def run(col: Collection, store: Store, spec: ClusterSpec) -> Clustering:
     centers = ms.cluster_centers_
     sizes = np.bincount(labels[labels >= 0], minlength=len(centers))
     reps = representatives(X, centers, labels, spec.representatives)
-    clusters = [ClusterSummary(c, int(sizes[c]), centers[c], [ext[j] for j in reps[c]]) for c in range(len(centers))]
+    clusters = [Cluster(c, int(sizes[c]), centers[c], [ext[j] for j in reps[c]]) for c in range(len(centers))]
     clusters.sort(key=lambda c: -c.size)
     return Clustering(seq, clusters, float(ms.bandwidth_), int(ms.n_iter_), ext, labels)
 
@@ -102,11 +85,12 @@ class ClusterJobs:
         self._lock = threading.Lock()
         self._done: OrderedDict = OrderedDict()
 
-    def cluster(self, col: Collection, store: Store, spec: ClusterSpec, page_size: int = 0, page_token: str = ""):
-        """-> (Clustering, page offset, page end, next page token or "")."""
+    def cluster(self, col: Collection, store: Store, spec: ClusterSpec, page_size: int = 0,
+                page_token: str = "") -> tuple[ClusterResult, str]:
+        """-> (the clustering with one page of member ids and labels, next page token or "")."""
         size = page_size or DEFAULT_PAGE
-        if not 1 <= size <= 1_000_000:
-            raise InvalidArgument(f"page_size must be in 1..1000000, got {page_size}")
+        if not 1 <= size <= MAX_PAGE:
+            raise InvalidArgument(f"page_size must be in 1..{MAX_PAGE}, got {page_size}")
         key = (col.info.id, json.dumps(asdict(spec), sort_keys=True))
         offset = 0
         with self._lock:
@@ -125,5 +109,14 @@ class ClusterJobs:
                 self._done.move_to_end(key)
                 while len(self._done) > CACHED_RESULTS:
                     self._done.popitem(last=False)
-        end = min(offset + size, len(result.ids))
-        return result, offset, end, paging.encode(seq=result.seq, offset=end) if end < len(result.ids) else ""
+        return page(result, offset, size)
+
+
+def page(result: Clustering, offset: int, size: int) -> tuple[ClusterResult, str]:
+    """Members offset..offset+size of a kept clustering, with the token of the next page ("" after the last).
+    Centres are copied: callers in this process must not reach the kept result."""
+    end = min(offset + size, len(result.ids))
+    clusters = [Cluster(c.label, c.size, c.center.copy(), list(c.representatives)) for c in result.clusters]
+    out = ClusterResult(clusters, result.ids[offset:end], result.labels[offset:end].copy(), result.bandwidth,
+                        result.n_iter, n_points=len(result.ids))
+    return out, paging.encode(seq=result.seq, offset=end) if end < len(result.ids) else ""

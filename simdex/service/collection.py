@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from simdex.store import filters
-from simdex.index.ann import AnnIndex, Params
+from simdex.distances import BIGGER_IS_BETTER
+from simdex.index.ann import AnnIndex
 from simdex.index.backend import NCPU, SMALL_BATCH, faiss
 from simdex.index.batcher import SearchBatcher
-from simdex.store.items import CollectionInfo, Store, WriteResult
-from simdex.distances import BIGGER_IS_BETTER
+from simdex.store import filters
+from simdex.store.items import CollectionRecord, Store, WriteResult
+from simdex.types import SearchParams
 
 LOG = logging.getLogger(__name__)
 # Filters matching at most this many items are answered exactly from the stored vectors (read from the database,
@@ -31,22 +32,24 @@ TRAIN_SAMPLE = 100_000    # vectors sampled to train a kind that needs training
 
 @dataclass
 class Hits:
-    """One query's answer: external ids best first, their scores, and optional metadata."""
+    """One query's answer: external ids best first and their scores in the collection's metric."""
     ids: list[str]
     distances: np.ndarray          # (len(ids),) float32
     iids: np.ndarray               # (len(ids),) int64 internal ids
-    next_offset: int | None = None
+    next_page_token: str = ""      # range searches: continues this query's hits ("" on the last page)
 
 
 class Collection:
-    def __init__(self, info: CollectionInfo, store: Store, snapshot_dir: Path):
+    """One open collection: its database record, its AnnIndex and the lock that orders its writes."""
+
+    def __init__(self, info: CollectionRecord, store: Store, snapshot_dir: Path):
         self.info, self.store = info, store
         self.path = snapshot_dir / f"{info.id}.npz"
         self.ann = AnnIndex(info.dim, info.metric, info.index)
         self.seq = info.seq
         self.snap_seq = -1
         self.write_lock = threading.Lock()
-        self.batcher = SearchBatcher(self._knn_unfiltered, name=f"search-{info.name}", slots=NCPU)
+        self.batcher = SearchBatcher(self._knn_unfiltered, slots=NCPU)
 
     @property
     def name(self) -> str:
@@ -156,7 +159,7 @@ class Collection:
             S = np.zeros((len(xq), 0), dtype=np.float32)
         elif self.info.metric == "l2":
             S = faiss.pairwise_distances(xq, xb)  # squared L2, as FAISS reports it
-        else:
+        else:  # ip; and cosine over the unit vectors: the cosine itself, which the index reports as 1 - d/2
             S = xq @ xb.T
         out = []
         for s in S.astype(np.float32):
@@ -168,7 +171,7 @@ class Collection:
             out.append(Hits(ann.ext_ids(pos[order].tolist()), s[order], iids[order]))
         return out
 
-    def search(self, xq: np.ndarray, k: int, params: Params, spec: filters.Filter,
+    def search(self, xq: np.ndarray, k: int, params: SearchParams, spec: filters.Filter,
                radius: float | None = None) -> list[Hits]:
         """k-NN (or range when radius is given) for (nq, d) float32 queries, restricted to the filter."""
         ann = self.ann
@@ -213,6 +216,6 @@ class Collection:
         return True
 
     def close(self, remove_snapshot: bool = False) -> None:
-        self.batcher.close()
+        """Nothing runs on its own (the batcher has no thread); a deleted collection also drops its snapshot."""
         if remove_snapshot:
             self.path.unlink(missing_ok=True)

@@ -1,8 +1,8 @@
-"""The heads table: versioned linear heads, their metrics and their weights as plain float32 arrays.
+"""The heads repository: versioned linear heads, their metrics and their weights as plain float32 arrays.
 
-Weights are stored as packed little-endian float32 bytes with their shapes in JSON, never as pickles (loading a
-pickle from a database is code execution). Saving a new version of a head is one transaction that also removes
-the older versions, so the old version keeps serving until the new one is committed.
+Weights are stored as packed little-endian float32 bytes (simdex.wire) with their shapes in JSON, never as pickles
+(loading a pickle from a database is code execution). Saving a new version of a head is one transaction that also
+removes the older versions, so the old version keeps serving until the new one is committed.
 """
 from __future__ import annotations
 
@@ -16,13 +16,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from simdex.errors import AlreadyExists, InvalidArgument, NotFound
-from simdex.store.items import CollectionRow, HeadRow, Store
-
-F32 = np.dtype("<f4")
+from simdex.store.items import Store
+from simdex.store.tables import CollectionRow, HeadRow
+from simdex.wire import to_bytes, unpack_floats
 
 
 @dataclass(frozen=True)
 class HeadRecord:
+    """One version of a head as the service trains, stores and serves it (with the database ids of its
+    collections and, when loaded, its weights); the public view of it is simdex.types.HeadInfo."""
     name: str
     collection: str
     kind: str
@@ -44,18 +46,19 @@ class HeadRecord:
 
 
 def pack_weights(arrays: list[np.ndarray]) -> tuple[bytes, list[list[int]]]:
-    arrays = [np.ascontiguousarray(a, dtype=F32) for a in arrays]
-    return b"".join(a.tobytes() for a in arrays), [list(a.shape) for a in arrays]
+    """Float arrays -> (their float32 bytes one after the other, their shapes)."""
+    return b"".join(to_bytes(a) for a in arrays), [list(np.shape(a)) for a in arrays]
 
 
 def unpack_weights(blob: bytes, shapes: list[list[int]]) -> list[np.ndarray]:
+    """The inverse of pack_weights: writable float32 arrays of `shapes`; InvalidArgument when the sizes disagree."""
+    counts = [int(np.prod(shape)) for shape in shapes]
+    if 4 * sum(counts) != len(blob):
+        raise InvalidArgument(f"stored weights hold {len(blob)} bytes, shapes {shapes} need {4 * sum(counts)}")
     out, offset = [], 0
-    for shape in shapes:
-        size = int(np.prod(shape)) * 4
-        out.append(np.frombuffer(blob, dtype=F32, count=size // 4, offset=offset).reshape(shape).copy())
-        offset += size
-    if offset != len(blob):
-        raise InvalidArgument(f"stored weights hold {len(blob)} bytes, shapes {shapes} need {offset}")
+    for shape, count in zip(shapes, counts):
+        out.append(unpack_floats(blob, count, offset).reshape(shape).copy())
+        offset += 4 * count
     return out
 
 

@@ -254,6 +254,96 @@ def _resume_state(path: Path, cfg, s: TrainSettings, data_sig: str) -> dict:
 
 # ---- the loop ------------------------------------------------------------------------------------------------
 
+@dataclass
+class _Run:
+    """One training run's state: the split, the model and optimiser on their device, and the epochs done."""
+
+    out: Path
+    device: torch.device
+    tr: np.ndarray
+    te: np.ndarray
+    xtr: torch.Tensor
+    ytr: torch.Tensor
+    xte: torch.Tensor
+    yte: torch.Tensor
+    normalisation: dict | None
+    norm: tuple[torch.Tensor, torch.Tensor] | None
+    model: dn.DenseNetBC
+    opt: torch.optim.Optimizer
+    signature: str
+    history: list[dict] = field(default_factory=list)
+
+
+def _check_fits(data: Dataset, cfg: dn.DenseNetBCConfig) -> None:
+    if cfg.n_classes != len(data.classes):
+        raise InvalidArgument(f"config n_classes={cfg.n_classes} but the data has {len(data.classes)} classes")
+    if tuple(data.x.shape[1:]) != (cfg.in_channels, cfg.in_size, cfg.in_size):
+        raise InvalidArgument(f"data of shape {tuple(data.x.shape[1:])} for a model taking "
+                              f"{(cfg.in_channels, cfg.in_size, cfg.in_size)}")
+
+
+def _start(data: Dataset, out: Path, cfg: dn.DenseNetBCConfig, s: TrainSettings, device) -> _Run:
+    """Split, normalisation, a freshly seeded model and its SGD optimiser."""
+    from simdex.embedder.base import pick_device  # noqa: PLC0415
+
+    dev = pick_device(device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tr, te = split(data, s.holdout, s.seed)
+    xtr = data.x[tr]
+    normalisation = channel_stats(xtr) if s.normalise else None
+    model = dn.build(cfg, seed=s.seed).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=True,
+                          weight_decay=s.weight_decay)
+    return _Run(out, dev, tr, te, xtr, data.y[tr], data.x[te], data.y[te], normalisation,
+                dn.normalisation_tensors(normalisation), model, opt, data.signature())
+
+
+def _resume(run: _Run, cfg: dn.DenseNetBCConfig, s: TrainSettings) -> None:
+    """Load the model, optimiser and history of `<out>.ckpt` when it exists (else start from epoch 1)."""
+    path = ckpt_path(run.out)
+    if not path.is_file():
+        LOG.info("no checkpoint %s: starting from epoch 1", path)
+        return
+    ck = _resume_state(path, cfg, s, run.signature)
+    run.model.load_state_dict(ck["state_dict"])
+    run.opt.load_state_dict(ck["train"]["optimizer"])
+    run.history = list(ck["train"]["history"])
+    LOG.info("resuming %s after epoch %d of %d", path, len(run.history), s.epochs)
+
+
+def _epoch(run: _Run, epoch: int, s: TrainSettings, progress: bool) -> dict:
+    """Train one epoch, recompute the BatchNorm statistics, evaluate on the held-out split: the epoch's record."""
+    t0 = time.perf_counter()
+    for g in run.opt.param_groups:
+        g["lr"] = lr_at(epoch, s)
+    rec = {"epoch": epoch + 1, "lr": lr_at(epoch, s)}
+    rec.update(_train_epoch(run.model, run.opt, run.xtr, run.ytr, epoch, s, run.norm, run.device, progress))
+    precise_bn(run.model, run.xtr, epoch, s, run.norm, run.device)
+    ev = evaluate(run.model, run.xte, run.yte, run.norm, run.device)
+    rec.update(held_out_loss=ev["loss"], held_out_accuracy=ev["accuracy"], seconds=time.perf_counter() - t0)
+    return rec
+
+
+def _save_epoch(run: _Run, classes: list[str], s: TrainSettings) -> None:
+    """The resumable training checkpoint `<out>.ckpt` after the last epoch of `run.history` (atomic)."""
+    rec = run.history[-1]
+    metrics = {k: rec[k] for k in ("held_out_accuracy", "held_out_loss", "train_loss")}
+    ck = dn.checkpoint_dict(run.model, classes, run.normalisation, metrics, len(run.history))
+    ck["train"] = {"optimizer": run.opt.state_dict(), "settings": asdict(s), "data": run.signature,
+                   "history": run.history, "split": {"train": len(run.tr), "held_out": len(run.te)}}
+    atomic_save(ck, ckpt_path(run.out))
+
+
+def _save_final(run: _Run, classes: list[str], s: TrainSettings) -> TrainResult:
+    """The weights-only checkpoint `out` (what the embedder loads) and the run's result."""
+    last = run.history[-1]
+    metrics = {"held_out_accuracy": last["held_out_accuracy"], "held_out_loss": last["held_out_loss"],
+               "train_loss": last["train_loss"], "held_out": len(run.te), "train": len(run.tr),
+               "seconds": sum(r["seconds"] for r in run.history), "settings": asdict(s)}
+    atomic_save(dn.checkpoint_dict(run.model, classes, run.normalisation, metrics, len(run.history)), run.out)
+    return TrainResult(last["held_out_accuracy"], len(run.history), metrics["seconds"], run.out, run.history)
+
+
 def train(data: Dataset, out: str | Path, cfg: dn.DenseNetBCConfig | None = None,
           settings: TrainSettings | None = None, device: str | torch.device | None = None, resume: bool = False,
           progress: bool = False, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
@@ -262,55 +352,16 @@ def train(data: Dataset, out: str | Path, cfg: dn.DenseNetBCConfig | None = None
     `cfg` defaults to DenseNet-BC-100 (k = 12) with as many classes as `data`. `on_epoch` gets each epoch's
     record (epoch, lr, train_loss, train_accuracy, held_out_loss, held_out_accuracy, seconds) after its
     checkpoint is written; an exception it raises (or a Ctrl-C) stops training with that checkpoint intact."""
-    from simdex.embedder.base import pick_device  # noqa: PLC0415
-
     s = settings or TrainSettings()
     cfg = cfg or replace(dn.DEFAULT, n_classes=len(data.classes))
-    if cfg.n_classes != len(data.classes):
-        raise InvalidArgument(f"config n_classes={cfg.n_classes} but the data has {len(data.classes)} classes")
-    if tuple(data.x.shape[1:]) != (cfg.in_channels, cfg.in_size, cfg.in_size):
-        raise InvalidArgument(f"data of shape {tuple(data.x.shape[1:])} for a model taking "
-                              f"{(cfg.in_channels, cfg.in_size, cfg.in_size)}")
-    out, dev = Path(out), pick_device(device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tr, te = split(data, s.holdout, s.seed)
-    xtr, ytr, xte, yte = data.x[tr], data.y[tr], data.x[te], data.y[te]
-    normalisation = channel_stats(xtr) if s.normalise else None
-    norm = dn.normalisation_tensors(normalisation)
-    model = dn.build(cfg, seed=s.seed).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=True,
-                          weight_decay=s.weight_decay)
-    history: list[dict] = []
-    sig = data.signature()
-    if resume and ckpt_path(out).is_file():
-        ck = _resume_state(ckpt_path(out), cfg, s, sig)
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["train"]["optimizer"])
-        history = list(ck["train"]["history"])
-        LOG.info("resuming %s after epoch %d of %d", ckpt_path(out), len(history), s.epochs)
-    elif resume:
-        LOG.info("no checkpoint %s: starting from epoch 1", ckpt_path(out))
-    for epoch in range(len(history), s.epochs):
-        t0 = time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(epoch, s)
-        rec = {"epoch": epoch + 1, "lr": lr_at(epoch, s)}
-        rec.update(_train_epoch(model, opt, xtr, ytr, epoch, s, norm, dev, progress))
-        precise_bn(model, xtr, epoch, s, norm, dev)
-        ev = evaluate(model, xte, yte, norm, dev)
-        rec.update(held_out_loss=ev["loss"], held_out_accuracy=ev["accuracy"], seconds=time.perf_counter() - t0)
-        history.append(rec)
-        metrics = {k: rec[k] for k in ("held_out_accuracy", "held_out_loss", "train_loss")}
-        ck = dn.checkpoint_dict(model, data.classes, normalisation, metrics, epoch + 1)
-        ck["train"] = {"optimizer": opt.state_dict(), "settings": asdict(s), "data": sig, "history": history,
-                       "split": {"train": len(tr), "held_out": len(te)}}
-        atomic_save(ck, ckpt_path(out))
-        LOG.debug("epoch %s", rec)
+    _check_fits(data, cfg)
+    run = _start(data, Path(out), cfg, s, device)
+    if resume:
+        _resume(run, cfg, s)
+    for epoch in range(len(run.history), s.epochs):
+        run.history.append(_epoch(run, epoch, s, progress))
+        _save_epoch(run, data.classes, s)
+        LOG.debug("epoch %s", run.history[-1])
         if on_epoch:
-            on_epoch(rec)
-    last = history[-1]
-    metrics = {"held_out_accuracy": last["held_out_accuracy"], "held_out_loss": last["held_out_loss"],
-               "train_loss": last["train_loss"], "held_out": len(te), "train": len(tr),
-               "seconds": sum(r["seconds"] for r in history), "settings": asdict(s)}
-    atomic_save(dn.checkpoint_dict(model, data.classes, normalisation, metrics, len(history)), out)
-    return TrainResult(last["held_out_accuracy"], len(history), metrics["seconds"], out, history)
+            on_epoch(run.history[-1])
+    return _save_final(run, data.classes, s)

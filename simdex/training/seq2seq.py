@@ -237,13 +237,30 @@ def _bleu(hyps: list[list[str]], refs: list[list[str]], n: int = 4) -> float:
     return 100 * bp * math.exp(sum(math.log(m / t) for m, t in zip(match, total)) / n)
 
 
-def train(o: TrainOptions) -> dict:
-    """Train (or resume) and write checkpoints to `o.out`. Returns the last validation metrics."""
-    from tqdm import tqdm  # noqa: PLC0415
+@dataclass
+class _Loop:
+    """One training run: options, data, model, optimiser, schedules and where it stands (step, clock)."""
 
+    o: TrainOptions
+    d: Data
+    model: Seq2Seq
+    opt: torch.optim.Optimizer
+    t: ckpt.Translator
+    tf: TeacherForcing
+    per_epoch: int
+    total: int
+    state: dict
+    t0: float = 0.0
+    step: int = 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+
+def _setup(o: TrainOptions) -> _Loop:
+    """Data, model and optimiser, seeded; restored from `o.out` with `o.resume` when it exists."""
     from simdex.embedder.base import pick_device  # noqa: PLC0415
 
-    o.check()
     device = pick_device(o.device or None)
     torch.manual_seed(o.seed)
     d = prepare(o)
@@ -258,38 +275,59 @@ def train(o: TrainOptions) -> dict:
     t = ckpt.Translator(model, d.src_vocab, d.tgt_vocab, o.task, d.pipeline, device)
     LOG.info("model: %d parameters, %d steps (%d per epoch) on %s", count_parameters(model), total, per_epoch,
              device)
-    tgt_len = [len(p[1]) for p in d.train]
+    return _Loop(o, d, model, opt, t, tf, per_epoch, total, state, time.monotonic() - state["seconds"],
+                 state["step"])
+
+
+def _step(L: _Loop, idx: list[int]) -> tuple[float, int]:
+    """One optimiser step on the training pairs `idx`: (loss, the schedule step it used)."""
+    sched = _schedule_step(L.step, L.total, L.elapsed(), L.o.max_minutes)
+    for g in L.opt.param_groups:
+        g["lr"] = lr_at(sched, L.total, L.o.lr)
+    src, lengths, tgt = _tensors(L.d, idx, L.t.device)
+    loss = loss_fn(L.model(src, lengths, tgt, teacher_forcing=L.tf(sched)), tgt)
+    L.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(L.model.parameters(), 1.0)
+    L.opt.step()
+    L.step += 1
+    return loss.item(), sched
+
+
+def _validate_and_save(L: _Loop, sched: int) -> dict:
+    """Validation metrics at the current step, written with a checkpoint to `o.out`."""
+    metrics = validate(L.t, L.d)
+    metrics.update(step=L.step, epoch=round(L.step / L.per_epoch, 3), teacher_forcing=round(L.tf(sched), 4),
+                   minutes=round(L.elapsed() / 60, 2))
+    L.state.update(step=L.step, seconds=L.elapsed())
+    _save(L.o, L.t, L.opt, metrics, L.state, L.total)
+    return metrics
+
+
+def train(o: TrainOptions) -> dict:
+    """Train (or resume) and write checkpoints to `o.out`. Returns the last validation metrics."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    o.check()
+    L = _setup(o)
+    tgt_len = [len(p[1]) for p in L.d.train]
     metrics: dict = {}
-    t0, step = time.monotonic() - state["seconds"], state["step"]
-    bar = tqdm(total=total, initial=step, desc=f"train {o.task}", file=sys.stderr, disable=None)
-    model.train()
-    while step < total:
-        epoch, pos = divmod(step, per_epoch)
+    bar = tqdm(total=L.total, initial=L.step, desc=f"train {o.task}", file=sys.stderr, disable=None)
+    L.model.train()
+    while L.step < L.total:
+        epoch, pos = divmod(L.step, L.per_epoch)
         gen = torch.Generator().manual_seed(o.seed * 100_003 + epoch)  # each epoch's order, also after resume
         for idx in batches(tgt_len, o.batch_size, gen)[pos:]:
-            sched = _schedule_step(step, total, time.monotonic() - t0, o.max_minutes)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(sched, total, o.lr)
-            src, lengths, tgt = _tensors(d, idx, device)
-            loss = loss_fn(model(src, lengths, tgt, teacher_forcing=tf(sched)), tgt)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
+            loss, sched = _step(L, idx)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", tf=f"{tf(sched):.2f}", refresh=False)
-            out_of_time = o.max_minutes and time.monotonic() - t0 > o.max_minutes * 60
-            if step % o.val_every == 0 or step == total or out_of_time:
-                metrics = validate(t, d)
-                metrics.update(step=step, epoch=round(step / per_epoch, 3), teacher_forcing=round(tf(sched), 4),
-                               minutes=round((time.monotonic() - t0) / 60, 2))
-                state.update(step=step, seconds=time.monotonic() - t0)
-                _save(o, t, opt, metrics, state, total)
+            bar.set_postfix(loss=f"{loss:.3f}", tf=f"{L.tf(sched):.2f}", refresh=False)
+            out_of_time = o.max_minutes and L.elapsed() > o.max_minutes * 60
+            if L.step % o.val_every == 0 or L.step == L.total or out_of_time:
+                metrics = _validate_and_save(L, sched)
                 bar.write(json.dumps(metrics), file=sys.stderr)
             if out_of_time:
-                LOG.warning("stopping after %.1f minutes (--max-minutes) at step %d of %d", o.max_minutes, step,
-                            total)
+                LOG.warning("stopping after %.1f minutes (--max-minutes) at step %d of %d", o.max_minutes, L.step,
+                            L.total)
                 bar.close()
                 return metrics
     bar.close()

@@ -85,17 +85,35 @@ def test_cluster_errors(client, blobs):
         client.cluster("b", bandwidth=-1.0)
 
 
-def test_a_page_after_the_collection_changed_is_refused(remote, blobs):
+def test_a_page_after_the_collection_changed_is_refused(client, blobs):
+    from simdex.types import ClusterSpec
+
+    X, y = blobs
+    fill(client, X, y)
+    spec = ClusterSpec(bandwidth=2.5)
+    first, token = client._transport.cluster("b", spec, 1000, "")  # one page, as the Client asks for it
+    assert token and len(first.ids) == len(first.labels) == 1000 and first.n_points == 3000
+    client.upsert("b", ["new"], X[:1])
+    with pytest.raises(clients.FailedPrecondition, match="changed since the first page"):
+        client._transport.cluster("b", spec, 1000, token)
+
+
+def test_a_bare_cluster_request_takes_the_defaults_and_pages_over_the_wire(remote, stub, blobs):
     from simdex.proto import simdex_pb2 as pb
 
     X, y = blobs
     fill(remote, X, y)
-    first = remote.stub.Cluster(pb.ClusterRequest(collection="b", bandwidth=2.5, page_size=1000))
-    assert first.next_page_token and len(first.member_ids) == 1000
-    remote.upsert("b", ["new"], X[:1])
-    with pytest.raises(clients.FailedPrecondition, match="changed since the first page"):
-        remote._call(remote.stub.Cluster, pb.ClusterRequest(collection="b", bandwidth=2.5, page_size=1000,
-                                                            page_token=first.next_page_token))
+    pages, token = [], ""
+    while True:
+        page = stub.Cluster(pb.ClusterRequest(collection="b", bandwidth=2.5, page_size=1000, page_token=token))
+        pages.append(page)
+        token = page.next_page_token
+        if not token:
+            break
+    assert [len(p.member_ids) for p in pages] == [1000, 1000, 1000] and {p.n_points for p in pages} == {3000}
+    assert all(len(c.representatives) == 5 for c in pages[0].clusters if c.size >= 5)  # the default
+    whole = remote.cluster("b", bandwidth=2.5, page_size=1000)
+    assert whole.n_points == 3000 and whole.ids == [i for p in pages for i in p.member_ids]
 
 
 def test_cli_cluster_writes_summary_labels_and_a_plot(server, remote, blobs, tmp_path, capsys):

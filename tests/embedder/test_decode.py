@@ -443,10 +443,39 @@ def test_decode_many_decodes_all_or_fails_on_the_first_bad_item(workers):
     for a, o in zip(imgs, out):
         np.testing.assert_array_equal(o[0].rgb, a)
     items[2], items[3] = b"broken", b""
-    with pytest.raises(InvalidArgument, match=r"^images\[2\]"):
+    with pytest.raises(InvalidArgument, match=r"^images\[2\]") as e:
         decode_many(items, labels, workers=workers)
-    with pytest.raises(InvalidArgument, match="labels"):
+    assert e.value.item == 2  # the position travels as data: callers never parse the label out of the message
+    with pytest.raises(InvalidArgument, match="labels") as e:
         decode_many(items, labels[:-1])
+    assert e.value.item is None  # about the request, not one input
+
+
+def test_embed_raw_names_the_bad_input_by_index():
+    from simdex.embedder import registry
+    from simdex.embedder.inputs import embed_raw
+
+    emb = registry.load("densenet-bc-random")
+    good = _png(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(InvalidArgument, match=r"^images\[1\] \(id 'b'\): cannot decode image") as e:
+        embed_raw(emb, images=[good, b"junk", b""], ids=["a", "b", "c"])
+    assert e.value.item == 1
+    with pytest.raises(InvalidArgument, match="embeds images; texts were sent") as e:
+        embed_raw(emb, texts=["a sentence"])
+    assert e.value.item is None
+
+
+def test_embed_raw_names_the_bad_text_by_index():
+    from types import SimpleNamespace
+
+    from simdex.embedder.inputs import embed_raw
+
+    emb = SimpleNamespace(name="fake-text", modality="text", fingerprint="sha256:0",
+                          embed_texts=lambda texts: np.zeros((len(texts), 2), np.float32))
+    assert embed_raw(emb, texts=["one", "two"]).vectors.shape == (2, 2)
+    with pytest.raises(InvalidArgument, match=r"^texts\[2\]: empty text") as e:
+        embed_raw(emb, texts=["one", "two", "  "])
+    assert e.value.item == 2
 
 
 def test_thumbnail_keeps_aspect_and_never_upscales():

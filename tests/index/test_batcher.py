@@ -63,7 +63,7 @@ def test_a_graph_collection_answers_single_queries_directly(sqlite_service):
     xb = rng.standard_normal((200, 8)).astype(np.float32)
     s.create_collection("g", 8, "l2", "HNSW16")
     s.upsert("g", [f"g{i}" for i in range(len(xb))], xb)
-    col = s._cols["g"]
+    col = s.collections.get("g")
     assert not col.ann.stacks
 
     def boom(*args, **kwargs):

@@ -191,12 +191,19 @@ def test_file_list_source_and_remote_embed_agrees_with_local_embed(tmp_path, cap
     want = sorted(lines[:len(good)])
     common = ["--embedder", EMB, "--target", server.target, "--workers", "1", "--json", "--no-progress",
               "--chunk-size", "3"]
+    reasons = {}
     for mode in ("local", "remote"):
         err_file = tmp_path / f"{mode}.jsonl"
         assert run_cli([str(lst), "--collection", mode, f"--{mode}-embed", "--errors", str(err_file), *common]) == 1
         s = summary(capsys.readouterr().out)
         assert (s["mode"], s["indexed"], s["failed"]) == (f"{mode}-embed", len(good), 2)
-        assert sorted(json.loads(x)["id"] for x in err_file.read_text().splitlines()) == ["../bad.png", "gone.png"]
+        rows = [json.loads(x) for x in err_file.read_text().splitlines()]
+        assert sorted(r["id"] for r in rows) == ["../bad.png", "gone.png"]
+        reasons[mode] = {r["id"]: r["reason"] for r in rows}
+    # the service names the bad file by its index in the request (err.item); the report names it by id and path,
+    # with the same reason in both modes
+    assert reasons["remote"] == reasons["local"]
+    assert reasons["remote"]["../bad.png"].startswith("cannot decode image (150 bytes): ")
     with Client(server.target) as c:
         assert all_ids(c, "local", want) == want
         local = stored(c, "local", want, vectors=True)
@@ -250,3 +257,72 @@ def test_parquet_ids_metadata_and_vectors_round_trip(tmp_path, capsys):
         assert c.count("pq", {"site": "s1"}) == 10
     np.testing.assert_array_equal(np.stack([it.vector for it in items]), x)
     assert [it.metadata for it in items] == [{"site": f"s{i % 3}", "age": i} for i in range(30)]
+
+
+# ---- the remote pipeline against a fake client: the bad input is found by err.item, never by the message ---------
+class _FakeService:
+    """Just enough of a Client for remote-embed: stores what an upsert sends, rejects an image b"bad..." with
+    InvalidArgument(item=i), as the service does, and b"whole..." as an error about the request (item None)."""
+
+    in_process, embedder_pool = False, None
+
+    def __init__(self):
+        self.items: dict[str, bytes] = {}
+        self.calls: list[list[str]] = []
+
+    def get_collection(self, name):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(name=name, embedder=EMB, dim=342, embedder_fingerprint="")
+
+    def get(self, collection, ids, with_vectors=True, ignore_missing=False):
+        return []
+
+    def upsert(self, collection, ids, vectors=None, metadata=None, content_hashes=None, *, images=None, **kw):
+        from simdex.errors import InvalidArgument
+
+        self.calls.append(list(ids))
+        for i, b in enumerate(images):
+            if b.startswith(b"whole"):
+                raise InvalidArgument("embedder is not ready (a request-level error)")
+            if b.startswith(b"bad"):
+                raise InvalidArgument(f"images[{i}] (id {ids[i]!r}): cannot decode image: {b.decode()}", item=i)
+        self.items.update(zip(ids, images))
+        return len(ids)
+
+
+def _fake_run(tmp_path, contents: dict[str, bytes]):
+    from simdex.jobs.indexer import Indexer, IndexOptions
+
+    root = tmp_path / "files"
+    root.mkdir()
+    for name, data in contents.items():
+        (root / name).write_bytes(data)
+    fake = _FakeService()
+    opts = IndexOptions("c", embedder=EMB, remote_embed=True, chunk_size=8, inflight=1, progress=False,
+                        errors_file=str(tmp_path / "errors.jsonl"))
+    return fake, Indexer(fake, opts, on_error=lambda row: None), root
+
+
+def test_remote_embed_drops_only_the_inputs_the_service_names(tmp_path):
+    names = [f"f{i}.png" for i in range(8)]
+    contents = {n: (b"bad " + n.encode()) if n in ("f1.png", "f2.png", "f6.png") else png(i)
+                for i, n in enumerate(names)}
+    fake, job, root = _fake_run(tmp_path, contents)
+    s = job.run(root)
+    assert (s.indexed, s.failed) == (5, 3)
+    assert sorted(fake.items) == ["f0.png", "f3.png", "f4.png", "f5.png", "f7.png"]
+    report = [json.loads(x) for x in (tmp_path / "errors.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["reason"]) for r in report] == [
+        (n, f"cannot decode image: bad {n}") for n in ("f1.png", "f2.png", "f6.png")]
+    # the whole chunk, then around each bad file: the files before it (they decoded) again, then the rest
+    assert fake.calls == [names, ["f0.png"], names[2:], names[3:], ["f3.png", "f4.png", "f5.png"], ["f7.png"]]
+
+
+def test_remote_embed_stops_on_an_error_about_the_whole_request(tmp_path):
+    from simdex.errors import InvalidArgument
+
+    fake, job, root = _fake_run(tmp_path, {"a.png": png(1), "b.png": b"whole request fails"})
+    with pytest.raises(InvalidArgument, match="request-level"):
+        job.run(root)
+    assert fake.items == {} and len(fake.calls) == 1  # not retried file by file

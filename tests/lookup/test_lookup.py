@@ -244,18 +244,19 @@ def test_json_is_strict_and_names_the_score(result):
 
 # ---- the command line ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def cli_main(monkeypatch):
-    from simdex.cli import main as cli
+def cli_main():
+    from simdex.cli.main import main
 
-    if "simdex.cli.lookup" not in cli.EXTRA_COMMANDS:  # until cli.py lists it
-        monkeypatch.setattr(cli, "EXTRA_COMMANDS", cli.EXTRA_COMMANDS + ("simdex.cli.lookup",))
-    return cli.main
+    return main
 
 
 def test_cli_over_grpc_writes_the_page_and_prints_json(world, client, cli_main, tmp_path, capsys):
     from simdex.server.app import create_server
+    from simdex.service.facade import Simdex
 
-    server, port, _ = create_server(client.service, "127.0.0.1:0")  # the module's data, served over gRPC
+    # the module's data, served over gRPC by a second service in this process (both only read it)
+    service = Simdex(world["data"], None, snapshot_interval=0)
+    server, port, _ = create_server(service, "127.0.0.1:0")
     server.start()
     q, out = tmp_path / "query.dcm", tmp_path / "out.html"
     q.write_bytes(world["query"])
@@ -264,6 +265,7 @@ def test_cli_over_grpc_writes_the_page_and_prints_json(world, client, cli_main, 
                        "--root", str(world["root"]), "--html", str(out), "--json"])
     finally:
         server.stop(grace=None).wait()
+        service.close()
     cap = capsys.readouterr()
     assert rc == 0
     doc = json.loads(cap.out)

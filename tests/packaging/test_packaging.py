@@ -5,7 +5,9 @@ import sys
 LIGHT = """
 import sys
 import simdex.clients, simdex.proto.simdex_pb2_grpc
-heavy = sorted(m for m in ("torch", "faiss", "sqlalchemy", "alembic", "torchvision") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "faiss", "sqlalchemy", "alembic", "torchvision", "sklearn", "simdex.server",
+                           "simdex.service", "simdex.store", "simdex.index", "simdex.embedder", "simdex.estimators")
+               if m in sys.modules)
 print(",".join(heavy))
 """
 

@@ -1,20 +1,14 @@
-"""Bad input over real gRPC: the right status, a message naming the problem, nothing written, server alive."""
+"""Bad input over real gRPC: the right status, a message naming the problem, nothing written, server alive.
+
+The same bad calls through the Client, on both transports, are in tests/clients/test_bad_input.py."""
 import grpc
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simdex import clients
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
-
-
-@pytest.fixture
-def stub(server):
-    channel = grpc.insecure_channel(server.target, options=[("grpc.max_send_message_length", -1)])
-    yield pb_grpc.SimdexStub(channel)
-    channel.close()
 
 
 @pytest.fixture
@@ -34,42 +28,6 @@ def status_of(call):
     with pytest.raises(grpc.RpcError) as exc:
         call()
     return exc.value.code(), exc.value.details()
-
-
-CASES = [
-    ("wrong dimension", lambda c: c.upsert("c", ["z"], np.ones((1, 5), np.float32)), clients.InvalidArgument,
-     "dimension 5"),
-    ("NaN", lambda c: c.upsert("c", ["z"], np.array([[1, np.nan, 0, 0]], np.float32)), clients.InvalidArgument,
-     "NaN"),
-    ("inf query", lambda c: c.search("c", np.array([[np.inf, 0, 0, 0]], np.float32)), clients.InvalidArgument,
-     "NaN or infinity"),
-    ("empty batch", lambda c: c.upsert("c", [], np.zeros((0, 4), np.float32)), clients.InvalidArgument, "empty"),
-    ("k=0", lambda c: c.search("c", np.ones((1, 4), np.float32), k=0), clients.InvalidArgument, "k must be"),
-    ("unknown collection", lambda c: c.search("nope", np.ones((1, 4), np.float32)), clients.NotFound, "'nope'"),
-    ("unknown id", lambda c: c.get("c", ["a", "ghost"]), clients.NotFound, "'ghost'"),
-    ("duplicate collection", lambda c: c.create_collection("c", dim=4), clients.AlreadyExists, "'c'"),
-    ("malformed filter", lambda c: c.search("c", np.ones((1, 4), np.float32), filter="{oops"),
-     clients.InvalidArgument, "filter"),
-    ("unknown operator", lambda c: c.count("c", {"x": {"$regex": "."}}), clients.InvalidArgument, "$regex"),
-    ("bad metric", lambda c: c.create_collection("m", dim=4, metric="hamming"), clients.InvalidArgument, "hamming"),
-    ("bad index", lambda c: c.create_collection("m", dim=4, index="IVFbogus"), clients.InvalidArgument,
-     "IVFbogus"),
-    ("bad name", lambda c: c.create_collection("no spaces", dim=4), clients.InvalidArgument, "name"),
-    ("duplicate id in batch", lambda c: c.upsert("c", ["q", "q"], np.ones((2, 4), np.float32)),
-     clients.InvalidArgument, "'q'"),
-    ("metadata not an object", lambda c: c.upsert("c", ["q"], np.ones((1, 4), np.float32), ["[1]"]),
-     clients.InvalidArgument, "metadata"),
-]
-
-
-@pytest.mark.parametrize("name,call,err,text", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_gets_its_status_and_nothing_changes(col, name, call, err, text):
-    with pytest.raises(err) as exc:
-        call(col)
-    assert text in exc.value.message
-    assert col.count("c") == 2
-    assert [i.name for i in col.list_collections()] == ["c"]
-    assert col.search("c", np.eye(4, dtype=np.float32)[:1], k=1).ids == [["a"]]
 
 
 def test_stream_with_a_bad_later_message_writes_nothing(col, stub):
@@ -163,3 +121,30 @@ def test_random_requests_never_crash_or_internal(col, stub, req):
         assert exc.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (method, exc.details())
         assert exc.details(), "every error carries a message"
     assert stub.GetCollection(pb.GetCollectionRequest(name="c")).dim == 4
+
+
+# ---- the item at fault travels in trailing metadata ---------------------------------------------------------
+def _png(seed: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_the_item_at_fault_travels_as_trailing_metadata(stub):
+    images = [_png(0), _png(1)[:30], _png(2)]
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Embed(pb.EmbedRequest(embedder="densenet-bc-random", images=images))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "images[1]" in exc.value.details()
+    assert dict(exc.value.trailing_metadata())["simdex-item"] == "1"
+
+
+def test_an_error_about_the_whole_request_carries_no_item(stub):
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.GetCollection(pb.GetCollectionRequest(name="nope"))
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "simdex-item" not in dict(exc.value.trailing_metadata() or ())

@@ -61,4 +61,4 @@ def test_hits_stay_consistent_under_concurrent_writes_and_rebuilds(sqlite_servic
         t.join(timeout=120)
     assert not errors, errors[:5]
     assert s.count("cc") == 3000 + 12 * 100
-    assert s._cols["cc"].ann.n_live == 4200
+    assert s.collections.get("cc").ann.n_live == 4200

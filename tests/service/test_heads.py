@@ -200,24 +200,27 @@ def test_head_errors(client):
     assert [h.name for h in client.list_heads()] == ["h"]   # nothing partial was stored
 
 
-def test_status_codes_over_grpc(remote):
+def test_status_codes_over_grpc(server, remote):
     from simdex.proto import simdex_pb2 as pb
+    from simdex.proto import simdex_pb2_grpc as pb_grpc
 
     X, y = blobs()
     remote.create_collection("b", dim=8)
     remote.upsert("b", [f"p{i}" for i in range(len(X))], X, [{"y": 0} for _ in y])
-    for request, rpc, code in [
-        (pb.GetHeadRequest(name="nope"), remote.stub.GetHead, grpc.StatusCode.NOT_FOUND),
-        (pb.TrainHeadRequest(collection="b", head="h", label_field="y"), remote.stub.TrainHead,
-         grpc.StatusCode.FAILED_PRECONDITION),
-        (pb.TrainHeadRequest(collection="b", head="h", labels="[1]"), remote.stub.TrainHead,
-         grpc.StatusCode.INVALID_ARGUMENT),
-        (pb.PredictRequest(head="nope", vectors=pb.Matrix(data=b"\0" * 12, shape=[1, 3])), remote.stub.Predict,
-         grpc.StatusCode.NOT_FOUND),
-    ]:
-        with pytest.raises(grpc.RpcError) as info:
-            rpc(request)
-        assert info.value.code() == code and info.value.details()
+    with grpc.insecure_channel(server.target) as channel:  # the raw RPCs, as any gRPC client sees them
+        stub = pb_grpc.SimdexStub(channel)
+        for request, rpc, code in [
+            (pb.GetHeadRequest(name="nope"), stub.GetHead, grpc.StatusCode.NOT_FOUND),
+            (pb.TrainHeadRequest(collection="b", head="h", label_field="y"), stub.TrainHead,
+             grpc.StatusCode.FAILED_PRECONDITION),
+            (pb.TrainHeadRequest(collection="b", head="h", labels="[1]"), stub.TrainHead,
+             grpc.StatusCode.INVALID_ARGUMENT),
+            (pb.PredictRequest(head="nope", vectors=pb.Matrix(data=b"\0" * 12, shape=[1, 3])), stub.Predict,
+             grpc.StatusCode.NOT_FOUND),
+        ]:
+            with pytest.raises(grpc.RpcError) as info:
+                rpc(request)
+            assert info.value.code() == code and info.value.details()
 
 
 def test_a_changed_embedder_fingerprint_refuses_the_head(server, remote):
@@ -242,9 +245,9 @@ def test_a_changed_embedder_fingerprint_refuses_the_head(server, remote):
 def test_heads_are_stored_as_plain_float32_and_survive_a_restart(tmp_path, db_url):
     from sqlalchemy import select
 
-    from simdex.service.heads import HeadSpec
     from simdex.service.facade import Simdex
-    from simdex.store.items import HeadRow
+    from simdex.store.tables import HeadRow
+    from simdex.types import HeadSpec
 
     X, y = blobs()
     s = Simdex(tmp_path / "d", db_url, snapshot_interval=0)

@@ -107,7 +107,7 @@ def test_compaction_rebuilds_after_many_deletes(sqlite_service):
     s.create_collection("cmp", 8, "l2", "HNSW32")
     s.upsert("cmp", names, xb)
     s.delete("cmp", names[:2000])
-    col = s._cols["cmp"]
+    col = s.collections.get("cmp")
     assert col.ann.n_dead == 0 and col.ann.ntotal == 4000  # compacted: tombstones dropped
     hits, _ = s.search("cmp", xb[2000:2100], 1)
     assert [h.ids[0] for h in hits] == names[2000:2100]
@@ -123,11 +123,11 @@ def test_stale_snapshot_of_another_collection_is_ignored(tmp_path):
     s.upsert("old", ["a", "b"], np.eye(4, dtype=np.float32)[:2])
     s.snapshot()
     stale = tmp_path / "stale.npz"
-    shutil.copy(s._cols["old"].path, stale)
+    shutil.copy(s.collections.get("old").path, stale)
     s.delete_collection("old")
     s.create_collection("new", 4, "ip", "HNSW16")
     s.upsert("new", ["x", "y", "z"], np.eye(4, dtype=np.float32)[1:])
-    new = s._cols["new"]
+    new = s.collections.get("new")
     s.engine.dispose()
     shutil.copy(stale, new.path)  # a crash left the old collection's snapshot where the new one's goes
     s2 = Simdex(tmp_path / "d", snapshot_interval=0)
@@ -146,7 +146,7 @@ def test_exact_path_skips_items_deleted_behind_the_index(sqlite_service, monkeyp
     x = np.arange(40, dtype=np.float32).reshape(10, 4)
     s.create_collection("race", 4)
     s.upsert("race", [f"r{i}" for i in range(10)], x, [{"g": 1}] * 10)
-    col = s._cols["race"]
+    col = s.collections.get("race")
     matched = np.arange(10, dtype=np.int64)  # internal ids of r0..r9
     monkeypatch.setattr(s.store, "filter_iids", lambda cid, spec: matched)  # matched before the delete
     s.store.delete(col.info.id, ["r0"], ignore_missing=False)  # the database only, as mid-race

@@ -179,51 +179,73 @@ class BPE:
 
 
 def _learn_merges(words: list[list[str]], freqs: list[int], num_merges: int, min_freq: int) -> list[Pair]:
-    """The merge loop with incremental pair statistics.
-
-    `stats[pair]` is the weighted pair count, `where[pair]` the words that may contain it (stale entries are
-    skipped), and a heap of `(-count, pair)` entries with lazy deletion finds the best pair without scanning
-    all pairs at every step. Mutates `words`.
-    """
-    stats: Counter[Pair] = Counter()
-    where: defaultdict[Pair, set[int]] = defaultdict(set)
-    for wi, (symbols, f) in enumerate(zip(words, freqs)):
-        for p, n in _pairs(symbols).items():
-            stats[p] += n * f
-            where[p].add(wi)
-    heap = [(-n, p) for p, n in stats.items()]
-    heapq.heapify(heap)
+    """The merge loop: take the most frequent pair while it occurs at least `min_freq` times, merge it in every
+    word that holds it, repeat until `num_merges` merges. Mutates `words`."""
+    stats = _PairStats(words, freqs)
     merges: list[Pair] = []
-    while len(merges) < num_merges and heap:
-        neg, pair = heapq.heappop(heap)
-        if stats.get(pair, 0) != -neg or neg == 0:
-            continue  # stale entry: the count changed since it was pushed
-        if -neg < min_freq:
+    while len(merges) < num_merges:
+        best = stats.best()
+        if best is None or best[1] < min_freq:
             break
-        merges.append(pair)
+        merges.append(best[0])
+        stats.merge(best[0])
+    return merges
+
+
+class _PairStats:
+    """Incremental pair statistics over `words` (symbol lists, weighted by `freqs`).
+
+    `counts[pair]` is the weighted pair count, `where[pair]` the words that may contain it (stale entries are
+    skipped), and a heap of `(-count, pair)` entries with lazy deletion finds the best pair without scanning
+    all pairs at every step (ties: the smallest pair, as heap order on equal counts gives)."""
+
+    def __init__(self, words: list[list[str]], freqs: list[int]):
+        self.words, self.freqs = words, freqs
+        self.counts: Counter[Pair] = Counter()
+        self.where: defaultdict[Pair, set[int]] = defaultdict(set)
+        for wi, (symbols, f) in enumerate(zip(words, freqs)):
+            for p, n in _pairs(symbols).items():
+                self.counts[p] += n * f
+                self.where[p].add(wi)
+        self.heap = [(-n, p) for p, n in self.counts.items()]
+        heapq.heapify(self.heap)
+
+    def best(self) -> tuple[Pair, int] | None:
+        """The most frequent pair and its count, or None when no pair is left."""
+        while self.heap:
+            neg, pair = heapq.heappop(self.heap)
+            if self.counts.get(pair, 0) == -neg and neg != 0:
+                return pair, -neg
+            # else a stale entry: the count changed since it was pushed
+        return None
+
+    def merge(self, pair: Pair) -> None:
+        """Merge `pair` in every word holding it and update the counts of the pairs around it."""
         changed: set[Pair] = set()
-        for wi in where.pop(pair, ()):
-            old = words[wi]
-            old_pairs = _pairs(old)
-            if pair not in old_pairs:
-                continue
-            new = _merge_pair(old, pair)
-            words[wi] = new
-            new_pairs = _pairs(new)
-            f = freqs[wi]
-            for p, n in old_pairs.items():
-                stats[p] -= n * f
-            for p, n in new_pairs.items():
-                stats[p] += n * f
-                where[p].add(wi)
-            changed.update(old_pairs)
-            changed.update(new_pairs)
-        stats.pop(pair, None)
+        for wi in self.where.pop(pair, ()):
+            changed |= self._merge_in_word(wi, pair)
+        self.counts.pop(pair, None)
         changed.discard(pair)
         for p in changed:
-            n = stats.get(p, 0)
+            n = self.counts.get(p, 0)
             if n > 0:
-                heapq.heappush(heap, (-n, p))
+                heapq.heappush(self.heap, (-n, p))
             else:
-                stats.pop(p, None)
-    return merges
+                self.counts.pop(p, None)
+
+    def _merge_in_word(self, wi: int, pair: Pair) -> set[Pair]:
+        """Word `wi` with `pair` merged; returns the pairs whose counts changed (none when it lacks the pair)."""
+        old = self.words[wi]
+        old_pairs = _pairs(old)
+        if pair not in old_pairs:
+            return set()
+        new = _merge_pair(old, pair)
+        self.words[wi] = new
+        new_pairs = _pairs(new)
+        f = self.freqs[wi]
+        for p, n in old_pairs.items():
+            self.counts[p] -= n * f
+        for p, n in new_pairs.items():
+            self.counts[p] += n * f
+            self.where[p].add(wi)
+        return set(old_pairs) | set(new_pairs)

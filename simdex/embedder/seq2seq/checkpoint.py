@@ -168,9 +168,9 @@ def _check_texts(texts) -> list[str]:
         raise InvalidArgument(f"at most {MAX_TEXTS} texts per call, got {len(texts)}")
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
-            raise InvalidArgument(f"texts[{i}] must be a non-empty str, got {t!r}")
+            raise InvalidArgument(f"texts[{i}] must be a non-empty str, got {t!r}", item=i)
         if len(t) > MAX_CHARS:
-            raise InvalidArgument(f"texts[{i}] has {len(t)} characters, more than {MAX_CHARS}")
+            raise InvalidArgument(f"texts[{i}] has {len(t)} characters, more than {MAX_CHARS}", item=i)
     return list(texts)
 
 

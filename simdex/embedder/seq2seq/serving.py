@@ -35,9 +35,9 @@ def translate(name: str, texts: list[str], beam: int = 1, max_len: int = 0) -> l
         raise InvalidArgument(f"translate: {len(texts)} texts in one request, more than {MAX_TEXTS}")
     for i, t in enumerate(texts):
         if not t.strip():
-            raise InvalidArgument(f"texts[{i}]: empty text")
+            raise InvalidArgument(f"texts[{i}]: empty text", item=i)
         if len(t) > MAX_CHARS:
-            raise InvalidArgument(f"texts[{i}]: longer than {MAX_CHARS} characters")
+            raise InvalidArgument(f"texts[{i}]: longer than {MAX_CHARS} characters", item=i)
     if not 0 <= beam <= MAX_BEAM:
         raise InvalidArgument(f"beam must be in 0..{MAX_BEAM}, got {beam}")
     if not 0 <= max_len <= MAX_LEN:

@@ -1,12 +1,12 @@
-"""Alembic environment: run with the connection simdex.store.items.migrate() hands over."""
+"""Alembic environment: run with the connection simdex.store.engine.migrate() hands over."""
 from alembic import context
 
-from simdex.store.items import Base
+from simdex.store.tables import Base
 
 config = context.config
 connection = config.attributes.get("connection")
 if connection is None:  # `alembic` CLI use: build an engine from the configured URL
-    from simdex.store.items import make_engine
+    from simdex.store.engine import make_engine
 
     engine = make_engine(config.get_main_option("sqlalchemy.url"))
     connection = engine.connect()

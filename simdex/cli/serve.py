@@ -1,0 +1,54 @@
+"""`simdex serve`: run the gRPC server. The server side is imported only when this command runs, so the rest of
+the CLI works on the bare install; there, this command says in one line which extras to install."""
+from __future__ import annotations
+
+from simdex.defaults import MAX_MESSAGE_MB, SNAPSHOT_INTERVAL_S
+
+EXTRAS_HINT = ("simdex serve needs the server extra: pip install 'simdex[server,cpu]' "
+               "(or 'simdex[server,gpu]' on a GPU host)")
+
+
+def missing_module(exc: ImportError) -> str | None:
+    """The module whose absence caused `exc` (followed through re-raised ImportErrors, as the FAISS import's)."""
+    e: BaseException | None = exc
+    while e is not None:
+        if isinstance(e, ImportError) and e.name:
+            return e.name
+        e = e.__cause__
+    return None
+
+
+def cmd_serve(args) -> int:
+    try:
+        from simdex.server.app import Tls, serve  # noqa: PLC0415
+    except ImportError as exc:
+        name = missing_module(exc)
+        if name is None or name.split(".")[0] == "simdex":  # a broken simdex, not a missing extra: the traceback
+            raise
+        raise SystemExit(f"{EXTRAS_HINT}; missing module: {name}") from None
+    from simdex.cli.common import weights_map  # noqa: PLC0415
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    tls = Tls.from_files(args.tls_cert, args.tls_key) if args.tls_cert else None
+    serve(args.data, args.host, args.port, args.db, args.token_file, tls, args.max_message_mb,
+          args.snapshot_interval, weights_map(args.weights), args.device)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("serve", help="run the gRPC server")
+    s.add_argument("--data", default="./simdex-data", help="data directory (SQLite database and index snapshots)")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in --data)")
+    s.add_argument("--token-file", help="require 'authorization: Bearer <token>' with the token in this file")
+    s.add_argument("--tls-cert")
+    s.add_argument("--tls-key")
+    s.add_argument("--max-message-mb", type=float, default=MAX_MESSAGE_MB)
+    s.add_argument("--snapshot-interval", type=float, default=SNAPSHOT_INTERVAL_S,
+                   help="seconds between index snapshots")
+    s.add_argument("--weights", action="append", metavar="NAME=FILE",
+                   help="weights file of an embedder (repeatable); default: the torch hub cache ($TORCH_HOME)")
+    s.add_argument("--device", help="where embedders run: cpu or cuda (default: the GPU when there is one)")
+    s.set_defaults(func=cmd_serve)
