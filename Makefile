@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(strip $(FAISS))
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: serve test proto bench clean browser demo
+.PHONY: serve test lint-imports proto bench clean browser demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/simdex serve --data ./simdex-data --host 127.0.0.1 --port 50051
 
+# The import rules of docs/architecture.md (import-linter, contracts in pyproject.toml), then every test.
 test: $(STAMP) browser
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # The lookup page is tested in a real headless browser: Debian's chromium (installed when missing and apt is usable).
@@ -33,6 +35,9 @@ browser:
 # use a running one.
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py $(DEMO_ARGS)
+
+lint-imports: $(STAMP)
+	$(BIN)/lint-imports
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
