@@ -2,6 +2,7 @@
 the CLI works on the bare install; there, this command says in one line which extras to install."""
 from __future__ import annotations
 
+from simdex import limits as lim
 from simdex.defaults import MAX_MESSAGE_MB, SNAPSHOT_INTERVAL_S
 
 EXTRAS_HINT = ("simdex serve needs the server extra: pip install 'simdex[server,cpu]' "
@@ -31,8 +32,9 @@ def cmd_serve(args) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("--tls-cert and --tls-key go together")
     tls = Tls.from_files(args.tls_cert, args.tls_key) if args.tls_cert else None
+    limits = lim.Limits(**{name: getattr(args, name) for name, *_ in lim.flags()})
     serve(args.data, args.host, args.port, args.db, args.token_file, tls, args.max_message_mb,
-          args.snapshot_interval, weights_map(args.weights), args.device)
+          args.snapshot_interval, weights_map(args.weights), args.device, limits=limits)
     return 0
 
 
@@ -51,4 +53,6 @@ def add_parsers(sub) -> None:
     s.add_argument("--weights", action="append", metavar="NAME=FILE",
                    help="weights file of an embedder (repeatable); default: the torch hub cache ($TORCH_HOME)")
     s.add_argument("--device", help="where embedders run: cpu or cuda (default: the GPU when there is one)")
+    for name, flag, kind, default, text in lim.flags():
+        s.add_argument(flag, dest=name, type=kind, default=default, help=f"{text} (default {default})")
     s.set_defaults(func=cmd_serve)

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from simdex import defaults
 from simdex.embedder.registry import EmbedderPool
 from simdex.errors import SimdexError
+from simdex.limits import Limits
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
 from simdex.server.auth import TokenAuth
@@ -70,7 +71,7 @@ def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str |
 def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str | None = None,
           token_file: str | None = None, tls: Tls | None = None,
           max_message_mb: float = defaults.MAX_MESSAGE_MB, snapshot_interval: float = defaults.SNAPSHOT_INTERVAL_S,
-          weights: dict[str, str] | None = None, device: str | None = None) -> None:
+          weights: dict[str, str] | None = None, device: str | None = None, limits: Limits | None = None) -> None:
     """Run a server until SIGTERM/SIGINT. `weights` maps embedder names to weights files (default: the torch hub
     cache); `device` is where embedders run ("cpu", "cuda"; default: the GPU when there is one)."""
     token = Path(token_file).read_text().strip() if token_file else None
@@ -80,7 +81,7 @@ def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str
         pool = EmbedderPool(weights, device)
     except SimdexError as exc:
         raise SystemExit(f"simdex: {exc.message}") from None
-    service = Simdex(data_dir, db_url, snapshot_interval=snapshot_interval, embedders=pool)
+    service = Simdex(data_dir, db_url, snapshot_interval=snapshot_interval, embedders=pool, limits=limits)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         server, bound, health_servicer = create_server(service, address, token=token, tls=tls,

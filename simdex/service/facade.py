@@ -12,6 +12,7 @@ from pathlib import Path
 
 from simdex import defaults
 from simdex.embedder.registry import EmbedderPool
+from simdex.limits import Limits
 from simdex.service.clustering import ClusterJobs
 from simdex.service.collection import Hits
 from simdex.service.collections import Collections
@@ -32,8 +33,10 @@ class Simdex:
     """All collections of one data directory (index snapshots) and database (SQLite there by default)."""
 
     def __init__(self, data_dir: str | Path, db_url: str | None = None,
-                 snapshot_interval: float = defaults.SNAPSHOT_INTERVAL_S, embedders: EmbedderPool | None = None):
+                 snapshot_interval: float = defaults.SNAPSHOT_INTERVAL_S, embedders: EmbedderPool | None = None,
+                 limits: Limits | None = None):
         self.data_dir = Path(data_dir)
+        self.limits = limits or Limits()
         self.embedders = embedders or EmbedderPool()
         (self.data_dir / "indexes").mkdir(parents=True, exist_ok=True)
         url = db_url or f"sqlite:///{(self.data_dir / 'simdex.db').resolve()}"
