@@ -160,9 +160,10 @@ def image_sets(n_natural: int, seed: int) -> list[ImageSet]:
 
 # ---- activations, cached -----------------------------------------------------------------------------------
 def embed_cached(emb, images: ImageSet, cache: Path) -> np.ndarray:
-    """(images.n, emb.dim) float32 activations. Cached in cache/NAME-TAG.parts/ as one .npy per CHUNK images, written
-    atomically: an interrupted run resumes, and a larger or smaller `n` reuses every chunk already computed."""
-    parts = cache / f"{emb.name}-{images.tag}.parts"
+    """(images.n, emb.dim) float32 activations. Cached in cache/NAME-PRECISION-TAG.parts/ as one .npy per CHUNK
+    images, written atomically: an interrupted run resumes, and a larger or smaller `n` reuses every chunk already
+    computed. The precision (fp32 or bf16, `emb.precision`) is in the key: the two paths give other vectors."""
+    parts = cache / f"{emb.name}-{emb.precision}-{images.tag}.parts"
     parts.mkdir(parents=True, exist_ok=True)
     starts = range(0, images.n, CHUNK)
     todo = [s for s in starts if not (parts / f"{s:06d}.npy").exists()]

@@ -55,6 +55,8 @@ def json_object(text: str, what: str) -> dict:
         obj = json.loads(text)
     except ValueError as exc:
         raise InvalidArgument(f"{what}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidArgument(f"{what}: JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise InvalidArgument(f"{what}: expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -77,12 +79,12 @@ def matrix_from_pb(m: pb.Matrix, name: str = "vectors") -> np.ndarray:
 def collection_to_pb(c: CollectionInfo) -> pb.Collection:
     return pb.Collection(name=c.name, dim=c.dim, metric=c.metric, index=c.index, count=c.count, trained=c.trained,
                          seq=c.seq, created_unix_ms=c.created_unix_ms, embedder=c.embedder,
-                         embedder_fingerprint=c.embedder_fingerprint)
+                         embedder_fingerprint=c.embedder_fingerprint, unavailable=c.unavailable)
 
 
 def collection_from_pb(c: pb.Collection) -> CollectionInfo:
     return CollectionInfo(c.name, c.dim, c.metric, c.index, c.count, c.trained, c.seq, c.created_unix_ms,
-                          c.embedder, c.embedder_fingerprint)
+                          c.embedder, c.embedder_fingerprint, c.unavailable)
 
 
 def embedder_to_pb(e: EmbedderInfo) -> pb.Embedder:
@@ -212,13 +214,33 @@ def search_request_from_pb(r: pb.SearchRequest) -> dict[str, Any]:
                 texts=list(r.texts))
 
 
-def search_response_to_pb(hits: Sequence, metas: Sequence[Sequence[dict]] | None) -> pb.SearchResponse:
-    """One QueryHits per query from hits with `ids`, `distances` (m,) float32 and `next_page_token`."""
+def metadata_texts(metas: Sequence[Sequence[dict]] | None) -> list[list[str]] | None:
+    """Each hit's metadata as JSON text, every distinct dict (hits of one item share one) serialised once."""
+    if metas is None:
+        return None
+    memo: dict[int, str] = {}
+    return [[memo.get(id(m)) or memo.setdefault(id(m), _text(m)) for m in row] for row in metas]
+
+
+def search_response_min_bytes(hits: Sequence, texts: Sequence[Sequence[str]] | None) -> int:
+    """A lower bound of the SearchResponse's size, computed without building it: every id, distance and
+    metadata text with its tag and length byte (characters counted, which UTF-8 only makes more)."""
+    size = 0
+    for i, h in enumerate(hits):
+        size += 2 + 6 * len(h.ids) + sum(map(len, h.ids)) + len(h.next_page_token)
+        if texts is not None:
+            size += 2 * len(texts[i]) + sum(map(len, texts[i]))
+    return size
+
+
+def search_response_to_pb(hits: Sequence, metas: Sequence[Sequence[dict | str]] | None) -> pb.SearchResponse:
+    """One QueryHits per query from hits with `ids`, `distances` (m,) float32 and `next_page_token`; `metas`
+    the hits' metadata dicts, or their texts (metadata_texts), or None."""
     resp = pb.SearchResponse()
     for i, h in enumerate(hits):
         qh = resp.results.add(ids=h.ids, distances=to_bytes(h.distances), next_page_token=h.next_page_token)
         if metas is not None:
-            qh.metadata.extend(_text(m) for m in metas[i])
+            qh.metadata.extend(m if isinstance(m, str) else _text(m) for m in metas[i])
     return resp
 
 

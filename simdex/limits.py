@@ -21,15 +21,39 @@ class Limits:
     max_search_results: int = _limit(
         2_000_000, "--max-search-results",
         "hits one Search may hold: nq x k for k-NN, hits found for range queries (about 12 bytes each)")
+    max_search_metadata: int = _limit(
+        16_384, "--max-search-metadata",
+        "hits one Search may return with include_metadata (each hit's metadata is read and sent whole)")
     max_upsert_mb: float = _limit(
-        1024.0, "--max-upsert-mb", "MB of payload one Upsert stream may hold before it is committed")
+        96.0, "--max-upsert-mb",
+        "MB of payload (vectors, ids, metadata, raw items) one Upsert stream, i.e. one Client.upsert call, may "
+        "carry; it is held until the commit")
     max_decoded_mpixels: float = _limit(
-        400.0, "--max-decoded-mpixels", "megapixels one request may decode from images and DICOM frames")
+        400.0, "--max-decoded-mpixels",
+        "megapixels one request may decode from images and DICOM frames (width x height x frames x samples per pixel)")
     max_dicom_mb: float = _limit(
-        512.0, "--max-dicom-mb", "MB a DICOM file may take once inflated (deflate transfer syntax)")
+        64.0, "--max-dicom-mb", "MB a DICOM file may take once inflated (deflate transfer syntax)")
+    max_frame_mpixels: float = _limit(
+        16.0, "--max-frame-mpixels",
+        "megapixels (width x height) one image or DICOM frame may have; one is decoded and preprocessed at a "
+        "time, at a peak of 15-30 bytes a pixel (at most 100)")
     max_index_bytes_per_vector: int = _limit(
         65_536, "--max-index-bytes-per-vector",
-        "estimated FAISS memory per vector an index description may need (e.g. HNSW100000 needs ~760 KB)")
+        "estimated FAISS memory per vector an index description may need beyond the vector's own 4 x dim bytes "
+        "(graph links, ids, refinement codes; e.g. HNSW32 needs ~270, HNSW100000 ~800,000)")
+    max_index_fixed_mb: float = _limit(
+        1024.0, "--max-index-fixed-mb",
+        "estimated MB an index description holds whatever its number of vectors (coarse centroids and lists, "
+        "codebooks, transform matrices; e.g. IVF65536 at dim 768 needs ~200, IVF10000000 at dim 8 ~1,800)")
+    stop_grace_s: float = _limit(
+        10.0, "--stop-grace-s",
+        "seconds SIGTERM lets the calls in flight finish; those still open then are cancelled, none of their "
+        "writes stored")
+
+    max_cluster_mb: float = _limit(
+        256.0, "--max-cluster-mb",
+        "MB of stored vectors (n x dim x 4 bytes) one Cluster request may load and cluster; mean shift's peak "
+        "working memory was measured at 3-8 times that (8 at 16-d, 3 at 512-d), plus ~40 MB")
 
     def refuse(self, name: str, value, what: str, error=ResourceExhausted):
         """The error for `what` needing `value` of limit `name`, naming the limit and its flag."""

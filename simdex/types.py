@@ -67,6 +67,7 @@ class CollectionInfo:
     created_unix_ms: int
     embedder: str = ""
     embedder_fingerprint: str = ""
+    unavailable: str = ""  # why the collection cannot be used ("" when it can): its data failed to load at start
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class EmbedderInfo:
     dim: int
     description: str
     weights_present: bool
-    weights_file: str      # where the server looks for the weights ("" for random weights)
+    weights_file: str      # the weights file's name, no folder ("" for random weights); full paths stay in the server's log
     fingerprint: str       # of the loaded weights; "" until the server loads them
 
 

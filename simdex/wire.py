@@ -10,12 +10,18 @@ import numpy as np
 from simdex.errors import InvalidArgument
 
 F32 = np.dtype("<f4")
+# The largest squared L2 norm a vector may have: a quarter of float32's maximum (norm <= ~9.2e18), so that every
+# inner product (<= |x| |y|) and every squared L2 distance (<= 2 |x|^2 + 2 |y|^2), as FAISS computes them in
+# float32, stays finite; and a cosine's normalisation never divides by an overflowed norm.
+MAX_SQ_NORM = float(np.finfo(np.float32).max) / 4
+_NORM_ROWS = 65_536  # rows per float64 pass of the norm check (bounds its temporary memory)
 
 
 def as_matrix(x, name: str = "vectors", dim: int | None = None, allow_empty: bool = False,
               dim_of: str = "the collection's dim") -> np.ndarray:
-    """The one input gate: `x` as a C-contiguous (n, d) float32 array, d >= 1, with finite values, or
-    InvalidArgument naming `name` and the bad value. `dim_of` says whose dimension `dim` is, for the message."""
+    """The one input gate: `x` as a C-contiguous (n, d) float32 array, d >= 1, with finite values and a squared
+    L2 norm of at most MAX_SQ_NORM per row, or InvalidArgument naming `name`, the bad row (as `err.item` too)
+    and value. `dim_of` says whose dimension `dim` is, for the message."""
     try:
         arr = np.asarray(x)
     except (ValueError, TypeError) as exc:  # ragged lists
@@ -33,10 +39,26 @@ def as_matrix(x, name: str = "vectors", dim: int | None = None, allow_empty: boo
         raise InvalidArgument(f"{name}: vectors of dimension 0, shape {tuple(arr.shape)}")
     if dim is not None and arr.shape[1] != dim:
         raise InvalidArgument(f"{name}: dimension {arr.shape[1]} does not match {dim_of} {dim}")
-    if arr.size and not np.isfinite(arr).all():
-        bad = int(np.argwhere(~np.isfinite(arr))[0][0])
-        raise InvalidArgument(f"{name}: row {bad} holds NaN or infinity; vectors must be finite")
+    _check_norms(arr, name)
     return arr
+
+
+def _check_norms(arr: np.ndarray, name: str) -> None:
+    """Every row of (n, d) float32 `arr` finite with a squared norm <= MAX_SQ_NORM, summed in float64 (where no
+    float32 row overflows); one pass that also finds NaN and infinity (their norms are not <= anything)."""
+    for start in range(0, arr.shape[0], _NORM_ROWS):
+        block = arr[start:start + _NORM_ROWS]
+        sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+        bad = np.flatnonzero(~(sq <= MAX_SQ_NORM))
+        if not len(bad):
+            continue
+        row = start + int(bad[0])
+        if not np.isfinite(arr[row]).all():
+            raise InvalidArgument(f"{name}: row {row} holds NaN or infinity; vectors must be finite", item=row)
+        raise InvalidArgument(
+            f"{name}: row {row} has squared L2 norm {sq[bad[0]]:.3g}, over the limit {MAX_SQ_NORM:.3g} (norm "
+            f"{MAX_SQ_NORM ** 0.5:.3g}) under which float32 distances cannot overflow; scale the vectors down",
+            item=row)
 
 
 def to_bytes(x) -> bytes:
@@ -53,8 +75,8 @@ def pack(x: np.ndarray):
 def unpack(data: bytes, shape, name: str = "vectors") -> np.ndarray:
     """Packed bytes + shape -> (n, d) float32 (read-only view). InvalidArgument when they disagree."""
     shape = [int(s) for s in shape]
-    if len(shape) != 2:
-        raise InvalidArgument(f"{name}: shape must be [n, d], got {shape}")
+    if len(shape) != 2 or min(shape) < 0:
+        raise InvalidArgument(f"{name}: shape must be [n, d] of non-negative sizes, got {shape}")
     n, d = shape
     if n * d * 4 != len(data):
         raise InvalidArgument(

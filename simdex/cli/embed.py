@@ -1,4 +1,7 @@
-"""`simdex embedders` (the registry, with dims and whether weights are present) and `simdex embed` (files -> .npy)."""
+"""`simdex embedders` (the registry, with dims and whether weights are present) and `simdex embed` (files -> .npy).
+
+`simdex embedders` reads this machine's registry and shows where each weights file is looked for (full paths: it is
+the operator's own view); with --target it asks a server, which names each file without its folder."""
 from __future__ import annotations
 
 import json
@@ -23,10 +26,11 @@ def cmd_embedders(args) -> int:
         for r in rows:
             print(json.dumps(r))
         return 0
+    there = " on the server" if args.target else ""
     print(f"{'name':<20} {'modality':<8} {'dim':>5}  weights")
     for r in rows:
         where = "random (tests)" if not r["weights_file"] else (
-            ("present: " if r["weights_present"] else "MISSING: ") + r["weights_file"])
+            (f"present{there}: " if r["weights_present"] else f"MISSING{there}: ") + r["weights_file"])
         print(f"{r['name']:<20} {r['modality']:<8} {r['dim']:>5}  {where}")
     return 0
 

@@ -34,13 +34,14 @@ def _summary(res) -> str:
 
 
 def cmd_lookup(args) -> int:
+    from simdex.lookup.files import UnreadableFile, read_file  # noqa: PLC0415
     from simdex.lookup.page import lookup, render_html  # noqa: PLC0415
 
     query = Path(args.query)
-    try:
-        data = query.read_bytes()
-    except OSError as e:
-        raise SystemExit(f"cannot read the query {args.query}: {e.strerror or e}") from None
+    try:  # a pipe is fine here (the user named it, e.g. <(curl ...)), but never more than the size cap
+        data = read_file(query, regular_only=False)
+    except UnreadableFile as e:
+        raise SystemExit(f"cannot read the query: {e.reason}") from None
     try:
         flt = json.loads(args.filter) if args.filter else None
     except ValueError as e:

@@ -1,4 +1,9 @@
-"""What every embedder is: a module bound to its preprocessing, its output dimension and a weights fingerprint."""
+"""What every embedder is: a module bound to its preprocessing, its output dimension and a fingerprint.
+
+The fingerprint is what a collection records of the embedder that filled it, and what its later vectors must match:
+the weights (sha256 over the state dict) and the numeric path that turns them into vectors. fp32 is the bare weights
+fingerprint ("sha256:..."); bf16 autocast names itself after it ("sha256:...:bf16"), so a collection filled on one
+path refuses vectors and raw queries from the other instead of mixing them silently."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +12,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -53,15 +58,24 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 class Embedder:
-    """A loaded embedder. Subclasses implement `embed_images` or `embed_texts`. Thread-safe: one forward at a time."""
+    """A loaded embedder. Subclasses implement `embed_images` or `embed_texts`. Thread-safe: one forward at a time.
+
+    `weights_fingerprint` names the weights; `fingerprint` the weights and the numeric path (`precision`)."""
 
     modality = "image"
+    precision = "fp32"
 
     def __init__(self, name: str, dim: int, module: nn.Module, device: torch.device, fp: str | None = None):
         self.name, self.dim, self.device = name, dim, device
         self.module = module.eval().to(device)
-        self.fingerprint = fp or fingerprint(module)
+        self.weights_fingerprint = fp or fingerprint(module)
         self._lock = threading.Lock()
+
+    @property
+    def fingerprint(self) -> str:
+        """What a collection records: the weights fingerprint, with ":PRECISION" for a path other than fp32."""
+        fp = self.weights_fingerprint
+        return fp if self.precision == "fp32" else f"{fp}:{self.precision}"
 
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         raise InvalidArgument(f"embedder {self.name!r} embeds {self.modality}s, not images")
@@ -69,13 +83,18 @@ class Embedder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         raise InvalidArgument(f"embedder {self.name!r} embeds {self.modality}s, not texts")
 
+    def embed_frames(self, frames: Iterable[np.ndarray]) -> np.ndarray:
+        """(H, W, 3) uint8 RGB arrays taken one at a time -> (n, dim) float32."""
+        return self.embed_images(list(frames))
+
 
 class ImageEmbedder(Embedder):
     """Images in, (n, dim) float32 out.
 
     `preprocess` maps one (H, W, 3) uint8 RGB array to a (3, h, w) float32 tensor (all the same size);
-    `module` maps a (B, 3, h, w) batch to (B, dim). On CPUs with bf16 support (AMX) the forward runs in bf16
-    with channels_last when `bf16` is set; the output is float32 either way."""
+    `module` maps a (B, 3, h, w) batch to (B, dim). With `bf16` the forward runs under bf16 autocast with
+    channels_last (the factories set it where torchvision_common.bf16_default says); the output is float32
+    either way, and the fingerprint says which path made it."""
 
     def __init__(self, name: str, dim: int, module: nn.Module, preprocess: Callable[[np.ndarray], torch.Tensor],
                  device: torch.device, batch_size: int = 32, bf16: bool = False, fp: str | None = None):
@@ -103,9 +122,25 @@ class ImageEmbedder(Embedder):
             raise RuntimeError(f"embedder {self.name}: module gave shape {y.shape}, expected (B, {self.dim})")
         return np.ascontiguousarray(y, dtype=np.float32)
 
+    @property
+    def precision(self) -> str:  # type: ignore[override]
+        """The numeric path of the forward: "bf16" (autocast) or "fp32"."""
+        return "bf16" if self.bf16 else "fp32"
+
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Sequence of (H, W, 3) uint8 RGB arrays -> (n, dim) float32."""
-        out = [np.zeros((0, self.dim), np.float32)]
-        for s in range(0, len(images), self.batch_size):
-            out.append(self.forward(torch.stack([self.preprocess(im) for im in images[s:s + self.batch_size]])))
+        return self.embed_frames(iter(images))
+
+    def embed_frames(self, frames: Iterable[np.ndarray]) -> np.ndarray:
+        """(H, W, 3) uint8 RGB arrays taken one at a time -> (n, dim) float32. Each is preprocessed when it comes
+        and dropped; the model runs every `batch_size` frames, so one batch of model inputs is all this holds."""
+        out, batch = [np.zeros((0, self.dim), np.float32)], []
+        for im in frames:
+            batch.append(self.preprocess(im))
+            del im  # freed before the next frame is decoded, not after
+            if len(batch) == self.batch_size:
+                out.append(self.forward(torch.stack(batch)))
+                batch = []
+        if batch:
+            out.append(self.forward(torch.stack(batch)))
         return np.concatenate(out)

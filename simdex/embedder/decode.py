@@ -3,28 +3,36 @@ everything else through Pillow.
 
 Every failure names the item with the caller's label ("images[3] (id 'scan-7')"), so one bad file in a batch of
 thousands can be found, and carries its position in the batch as `err.item` (so callers never parse the message).
-`decode_many` decodes a whole batch before returning: a bad item fails the request before anything is embedded or
-written."""
+
+Decoding has a budget (the server's `Limits`): what a request's images decode to, width x height x frames x
+samples per pixel, at most `max_decoded_mpixels` million, and a DICOM dataset at most `max_dicom_mb` once inflated.
+`admit` checks a whole request from the headers alone, before any pixel is decoded: a small file declaring a huge
+canvas, or a batch of them, costs nothing. `iter_decoded` then yields one frame at a time, so a caller that
+consumes frames as they come (`embed_raw`) holds one decoded image, not the request's."""
 from __future__ import annotations
 
 import logging
+import re
 import struct
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from simdex.embedder import dicom
-from simdex.errors import InvalidArgument, SimdexError
+from simdex.errors import InvalidArgument, ResourceExhausted, SimdexError
+from simdex.limits import Limits
 
 LOG = logging.getLogger(__name__)
 
-# Pixels one image may have. Checked from the header, before any pixel is decoded, so a small file declaring a huge
-# canvas (a decompression bomb) costs nothing. Pillow's own guard warns above 89.5 MP and refuses above 179 MP;
-# this bound makes every image above 100 MP an error without touching Pillow's process-wide setting.
+# Pixels one image may have, whatever the limits say (`max_frame_mpixels`, 16 MP by default, is the bound an operator
+# sets below it). Checked from the header, before any pixel is decoded. Pillow's own guard warns above 89.5 MP and
+# refuses above 179 MP (DecompressionBombError, made the same error as ours); this bound makes every image above
+# 100 MP an error without touching Pillow's process-wide setting.
 MAX_PIXELS = dicom.MAX_FRAME_PIXELS
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
@@ -42,37 +50,86 @@ class Decoded:
     frame: int
 
 
-def decode_image(data: bytes, what: str = "image", all_frames: bool = False,
-                 item: int | None = None) -> list[Decoded]:
+def decode_image(data: bytes, what: str = "image", all_frames: bool = False, item: int | None = None,
+                 limits: Limits | None = None) -> list[Decoded]:
     """Encoded image or DICOM Part-10 bytes -> one Decoded per frame.
 
     DICOM gives its middle frame, or every frame with `all_frames`; other formats give their first frame.
-    Raises InvalidArgument (or FailedPrecondition for a DICOM codec missing here) whose message starts with `what`
-    and whose `item` is `item` (the input's position in its batch)."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise InvalidArgument(f"{what}: expected encoded bytes, got {type(data).__name__}", item=item)
-    if len(data) == 0:
-        raise InvalidArgument(f"{what}: cannot decode: the input is empty (0 bytes)", item=item)
-    kind = "DICOM" if dicom.is_dicom(data) else "image"
-    try:
+    Raises InvalidArgument (or FailedPrecondition for a DICOM codec missing here, ResourceExhausted for an input
+    over `limits`) whose message starts with `what` and whose `item` is `item` (the input's position in its
+    batch)."""
+    return list(iter_frames(data, what, all_frames, item, limits))
+
+
+def iter_frames(data: bytes, what: str = "image", all_frames: bool = False, item: int | None = None,
+                limits: Limits | None = None) -> Iterator[Decoded]:
+    """decode_image one frame at a time: each frame is decoded when it is asked for."""
+    kind = _kind(data, what, item)
+    with _named(what, kind, len(data), item):
         if kind == "DICOM":
-            return _from_dicom(bytes(data), all_frames)
-        return [Decoded(_from_pillow(data), {}, 0)]
-    except SimdexError as e:
-        raise type(e)(f"{what}: cannot decode {kind} ({len(data):,} bytes): {e.message}", item=item) from e
+            img = dicom.open_image(bytes(data), all_frames, limits)
+            for i, frame in img:
+                yield Decoded(_as_rgb(frame), img.metadata, i)
+                del frame  # one decoded frame at a time: this one goes before the next is decoded
+        else:
+            yield Decoded(_from_pillow(_open_pillow(data, limits or Limits())), {}, 0)
+
+
+def decoded_samples(data: bytes, what: str = "image", all_frames: bool = False, item: int | None = None,
+                    limits: Limits | None = None) -> int:
+    """What decoding `data` produces, width x height x frames x samples per pixel, from its header alone (a DICOM
+    dataset is parsed, its pixel data left encoded). Raises as decode_image does for a bad or oversized input."""
+    kind = _kind(data, what, item)
+    with _named(what, kind, len(data), item):
+        if kind == "DICOM":
+            return dicom.open_image(bytes(data), all_frames, limits).samples
+        return _samples(_open_pillow(data, limits or Limits()))
+
+
+def admit(items: Sequence[bytes], labels: Sequence[str], all_frames: bool = False,
+          limits: Limits | None = None) -> int:
+    """Check a request's images against the decoding budget from their headers, before any pixel is decoded.
+    Returns the samples they decode to. The first bad item raises as decode_image does; the item that takes the
+    total past `limits.max_decoded_mpixels` raises ResourceExhausted naming the limit and its flag, with `item`
+    = its index."""
+    if len(items) != len(labels):
+        raise InvalidArgument(f"{len(items)} items but {len(labels)} labels")
+    limits = limits or Limits()
+    total = 0
+    for i, (x, label) in enumerate(zip(items, labels)):
+        total += decoded_samples(x, label, all_frames, i, limits)
+        if total > limits.max_decoded_mpixels * 1e6:
+            err = limits.refuse("max_decoded_mpixels", dicom.mpixels(total),
+                                f"{label}: images[0..{i}] of this request decode to that many megapixels "
+                                "(width x height x frames x samples per pixel); send fewer images per request")
+            err.item = i
+            raise err
+    return total
+
+
+def iter_decoded(items: Sequence[bytes], labels: Sequence[str], all_frames: bool = False,
+                 limits: Limits | None = None) -> Iterator[tuple[int, Decoded]]:
+    """(item index, frame) of every frame of a request, one decoded at a time, after `admit` passed the whole
+    request: an item that is bad or over the budget by its header fails before anything is decoded."""
+    admit(items, labels, all_frames, limits)
+    for i, (x, label) in enumerate(zip(items, labels)):
+        for d in iter_frames(x, label, all_frames, i, limits):
+            yield i, d
+            del d  # one decoded frame at a time: this one goes before the next is decoded
 
 
 def decode_many(items: Sequence[bytes], labels: Sequence[str], all_frames: bool = False,
-                workers: int = 0) -> list[list[Decoded]]:
-    """decode_image over a batch: result[i] holds item i's frames. All items are decoded before this returns;
-    the first bad item (in input order) raises, with `err.item` = its index. `workers` > 1 decodes in that many
-    threads (Pillow and pydicom's codecs release the GIL for much of their work)."""
-    if len(items) != len(labels):
-        raise InvalidArgument(f"{len(items)} items but {len(labels)} labels")
+                workers: int = 0, limits: Limits | None = None) -> list[list[Decoded]]:
+    """decode_image over a batch: result[i] holds item i's frames. The batch is admitted first (`admit`), then
+    every item is decoded before this returns; the first bad item (in input order) raises, with `err.item` = its
+    index. `workers` > 1 decodes in that many threads (Pillow and pydicom's codecs release the GIL for much of
+    their work). Holds every decoded frame at once: a caller that can take frames one by one uses iter_decoded."""
+    admit(items, labels, all_frames, limits)
     if workers > 1 and len(items) > 1:
         with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="simdex-decode") as pool:
-            return list(pool.map(lambda i: decode_image(items[i], labels[i], all_frames, i), range(len(items))))
-    return [decode_image(x, label, all_frames, i) for i, (x, label) in enumerate(zip(items, labels))]
+            return list(pool.map(lambda i: decode_image(items[i], labels[i], all_frames, i, limits),
+                                 range(len(items))))
+    return [decode_image(x, label, all_frames, i, limits) for i, (x, label) in enumerate(zip(items, labels))]
 
 
 def thumbnail_png(rgb: np.ndarray, max_side: int = 256) -> bytes:
@@ -89,9 +146,23 @@ def thumbnail_png(rgb: np.ndarray, max_side: int = 256) -> bytes:
     return buf.getvalue()
 
 
-def _from_dicom(data: bytes, all_frames: bool) -> list[Decoded]:
-    d = dicom.decode(data, all_frames=all_frames)
-    return [Decoded(_as_rgb(f), d.metadata, i) for f, i in zip(d.frames, d.frame_indices)]
+def _kind(data, what: str, item: int | None) -> str:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidArgument(f"{what}: expected encoded bytes, got {type(data).__name__}", item=item)
+    if len(data) == 0:
+        raise InvalidArgument(f"{what}: cannot decode: the input is empty (0 bytes)", item=item)
+    return "DICOM" if dicom.is_dicom(data) else "image"
+
+
+@contextmanager
+def _named(what: str, kind: str, n_bytes: int, item: int | None):
+    """Errors raised inside name the input (`what`) and carry its position (`item`)."""
+    try:
+        yield
+    except ResourceExhausted as e:
+        raise ResourceExhausted(f"{what}: {e.message}", item=item) from e
+    except SimdexError as e:
+        raise type(e)(f"{what}: cannot decode {kind} ({n_bytes:,} bytes): {e.message}", item=item) from e
 
 
 def _as_rgb(frame: np.ndarray) -> np.ndarray:
@@ -101,20 +172,47 @@ def _as_rgb(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame, dtype=np.uint8)
 
 
-def _from_pillow(data: bytes) -> np.ndarray:
-    """Any format Pillow reads -> (H, W, 3) uint8: first frame, EXIF orientation applied."""
+def _open_pillow(data: bytes, limits: Limits) -> Image.Image:
+    """Any format Pillow reads -> the opened image, its header read and checked (MAX_PIXELS, then the decoding
+    budget), no pixel decoded yet."""
     try:
         im = Image.open(BytesIO(data))
-        w, h = im.size
-        if w * h > MAX_PIXELS:
-            raise InvalidArgument(f"{im.format} image of {w}x{h} = {w * h:,} pixels exceeds the limit of "
-                                  f"{MAX_PIXELS:,} (decompression bomb guard)")
-        im.load()  # Image.open only reads the header; truncated or corrupt data fails here
-        _exif_transpose(im)
-        return _to_rgb(im)
     except UnidentifiedImageError:
         raise InvalidArgument("neither a DICOM Part-10 file (no 'DICM' marker at byte 128) nor an image format "
                               "Pillow reads") from None
+    except Image.DecompressionBombError as e:  # Pillow's own refusal, above 2 x Image.MAX_IMAGE_PIXELS
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than Pillow opens"
+        raise InvalidArgument(f"the image declares {size}, over the limit of {MAX_PIXELS:,} pixels one image may "
+                              "have (decompression bomb guard)") from None
+    except _BAD_IMAGE as e:
+        raise InvalidArgument(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise InvalidArgument(f"{im.format} image of {w}x{h} = {w * h:,} pixels exceeds the limit of "
+                              f"{MAX_PIXELS:,} (decompression bomb guard)")
+    if w * h > limits.max_frame_mpixels * 1e6:
+        raise limits.refuse("max_frame_mpixels", dicom.mpixels(w * h), f"{im.format} image of {w}x{h}: megapixels")
+    n = _samples(im)
+    if n > limits.max_decoded_mpixels * 1e6:
+        raise limits.refuse("max_decoded_mpixels", dicom.mpixels(n),
+                            f"{im.format} image of {w}x{h} with {len(im.getbands())} sample(s) per pixel decodes "
+                            "to that many megapixels")
+    return im
+
+
+def _samples(im: Image.Image) -> int:
+    """Width x height x samples per pixel of an opened image (its first frame: the one decoded)."""
+    w, h = im.size
+    return w * h * len(im.getbands())
+
+
+def _from_pillow(im: Image.Image) -> np.ndarray:
+    """An opened image -> (H, W, 3) uint8: first frame, EXIF orientation applied."""
+    try:
+        im.load()  # Image.open only reads the header; truncated or corrupt data fails here
+        _exif_transpose(im)
+        return _to_rgb(im)
     except _BAD_IMAGE as e:
         raise InvalidArgument(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
 
@@ -137,7 +235,10 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     if im.mode in _ALPHA_MODES or "transparency" in im.info:  # Image.has_transparency_data needs Pillow 10.1
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return np.ascontiguousarray(np.asarray(im.convert("RGB")), dtype=np.uint8)
+    if im.mode == "L":  # the same pixels as convert("RGB"), without its 4-byte-a-pixel intermediate
+        return _as_rgb(np.asarray(im))
+    rgb = im if im.mode == "RGB" else im.convert("RGB")  # convert copies even an RGB image: 4 bytes a pixel
+    return np.ascontiguousarray(np.asarray(rgb), dtype=np.uint8)
 
 
 def _grey_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:

@@ -35,4 +35,4 @@ def build_densenet121(weights: Path | None) -> nn.Module:
 
 def load_densenet121(spec, weights, device):
     return ImageEmbedder(spec.name, spec.dim, DenseNetPooled(build_densenet121(weights)),
-                         image_preprocess(DenseNet121_Weights.DEFAULT), device, bf16=bf16_default(device))
+                         image_preprocess(DenseNet121_Weights.DEFAULT), device, bf16=bf16_default(device, spec.bf16))

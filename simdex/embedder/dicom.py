@@ -12,6 +12,11 @@ Pixel pipeline for one frame (DICOM PS3.3 C.11 and C.7.6.3):
   own groups override the top-level values.
 * colour: YBR decoded to RGB; PALETTE COLOR through its lookup table; more than 8 bits scaled to 8.
 
+Budget: `open_image` checks an instance against the server's Limits from its header, before any pixel is decoded
+(frame size: max_frame_mpixels; rows x columns x frames x samples: max_decoded_mpixels; a deflated dataset inflates
+within max_dicom_mb, in simdex.embedder.dicom_file), and yields its frames one at a time. The display transforms
+work in place on one float64 copy (about 14 bytes a pixel at the peak for a windowed 16-bit frame, not 44).
+
 Only Part-10 files (b"DICM" at byte 128) are read: a bare dataset without the preamble needs pydicom's
 force=True, which accepts almost any bytes as "DICOM" and would turn corrupt images into nonsense datasets.
 Errors are `InvalidArgument` (the bytes are bad), or `FailedPrecondition` when the data is valid but this
@@ -22,25 +27,27 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import struct
 from dataclasses import dataclass
-from io import BytesIO
+from typing import Iterator
 
 import numpy as np
-import pydicom
 from pydicom import uid as U
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, as_pixel_options,
                             convert_color_space, get_decoder)
 
+from simdex.embedder.dicom_file import BAD_DATA as _BAD_DATA
+from simdex.embedder.dicom_file import is_dicom, read  # noqa: F401 - is_dicom and read are this module's API too
+from simdex.embedder.dicom_file import reason as _reason
 from simdex.errors import FailedPrecondition, InvalidArgument
+from simdex.limits import Limits
 
 LOG = logging.getLogger(__name__)
 
 MAX_FRAME_PIXELS = 100_000_000     # rows x columns of one frame (the same bound as Pillow images get)
-MAX_TOTAL_PIXELS = 400_000_000     # over all frames decoded at once (all_frames=True): 1.2 GB as RGB
+# What one decode may produce, and how large a dataset may be once inflated, come from the server's Limits
+# (max_decoded_mpixels, max_dicom_mb): `open_image` checks both before any pixel is decoded.
 PERCENTILES = (0.5, 99.5)          # the stretch used when a frame carries no VOI information
 
 # Tags that may leave this module. Acquisition and encoding facts only. Never anything naming or dating a person,
@@ -82,9 +89,6 @@ CODEC_PLUGINS: dict[str, dict[str, str]] = {
     U.RLELossless: {"pydicom": "(built in)", "pylibjpeg": "pylibjpeg + pylibjpeg-rle"},
 }
 
-# What a parser of untrusted bytes can raise on bad input; anything else is a bug and propagates.
-_BAD_DATA = (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError, OSError,
-             struct.error, NotImplementedError, RuntimeError, OverflowError, ZeroDivisionError)
 # Image Pixel / Modality LUT / VOI LUT attributes a frame's transforms read (copied into a per-frame view).
 _VIEW_KEYS = ("PhotometricInterpretation", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation",
               "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence",
@@ -105,32 +109,61 @@ class DicomImage:
     n_frames: int
 
 
-def is_dicom(data: bytes) -> bool:
-    """True for a DICOM Part-10 file: a 128-byte preamble followed by b"DICM"."""
-    return len(data) >= 132 and bytes(data[128:132]) == b"DICM"
+@dataclass(frozen=True)
+class DicomFrames:
+    """A parsed instance whose frames are not decoded yet: iterate it for (frame index, frame) pairs, one frame
+    decoded at a time. `samples` is what decoding `indices` produces, rows x columns x frames x samples per pixel,
+    known from the header alone."""
+    ds: Dataset
+    metadata: dict
+    indices: list[int]
+    n_frames: int
+    samples: int
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        for i in self.indices:
+            yield i, _frame(self.ds, i)
 
 
-def decode(data: bytes, all_frames: bool = False) -> DicomImage:
-    """Part-10 bytes -> DicomImage: the middle frame (n // 2) by default, every frame with `all_frames`."""
-    ds = read(data)
-    metadata = safe_metadata(ds)
+def open_image(data: bytes, all_frames: bool = False, limits: Limits | None = None) -> DicomFrames:
+    """Part-10 bytes -> DicomFrames of the middle frame (n // 2), or of every frame with `all_frames`, after the
+    budget checks: the dataset inflates within `limits.max_dicom_mb`, and its frames decode to at most
+    `limits.max_decoded_mpixels` (ResourceExhausted naming the limit and its flag otherwise)."""
+    limits = limits or Limits()
+    ds = read(data, limits)
     n = _check_image(ds)
     indices = list(range(n)) if all_frames else [n // 2]
-    total = int(ds.Rows) * int(ds.Columns) * len(indices)
-    if total > MAX_TOTAL_PIXELS:
-        raise InvalidArgument(f"{len(indices)} frames of {ds.Rows}x{ds.Columns} are {total:,} pixels, more than "
-                              f"the {MAX_TOTAL_PIXELS:,} decoded at once; send fewer frames or the middle frame only")
-    return DicomImage([_frame(ds, i) for i in indices], indices, metadata, n)
+    rows, cols, spp = int(ds.Rows), int(ds.Columns), _samples_per_pixel(ds)
+    if rows * cols > limits.max_frame_mpixels * 1e6:
+        raise limits.refuse("max_frame_mpixels", mpixels(rows * cols), f"a frame of {rows}x{cols}: megapixels")
+    samples = rows * cols * spp * len(indices)
+    if samples > limits.max_decoded_mpixels * 1e6:
+        raise limits.refuse("max_decoded_mpixels", mpixels(samples),
+                            f"{len(indices)} frame(s) of {rows}x{cols}, {spp} sample(s) per pixel, decode to "
+                            "that many megapixels (send the middle frame only, without all_frames, or fewer "
+                            "frames per request)")
+    return DicomFrames(ds, safe_metadata(ds), indices, n, samples)
 
 
-def read(data: bytes) -> Dataset:
-    """Parse Part-10 bytes (pixel data left encoded). Raises InvalidArgument."""
-    if not is_dicom(data):
-        raise InvalidArgument("not a DICOM Part-10 file (no 'DICM' marker at byte 128)")
+def mpixels(n: int) -> str:
+    """`n` pixels (or samples) as megapixels for a message: "432", "0.0324", "1,234.5"."""
+    return f"{n / 1e6:,.6g}"
+
+
+def decode(data: bytes, all_frames: bool = False, limits: Limits | None = None) -> DicomImage:
+    """Part-10 bytes -> DicomImage: the middle frame (n // 2) by default, every frame with `all_frames`."""
+    img = open_image(data, all_frames, limits)
+    return DicomImage([f for _, f in img], img.indices, img.metadata, img.n_frames)
+
+
+def _samples_per_pixel(ds: Dataset) -> int:
     try:
-        return pydicom.dcmread(BytesIO(data), force=False)
-    except _BAD_DATA as e:
-        raise InvalidArgument(f"unreadable DICOM dataset: {_reason(e)}") from e
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"SamplesPerPixel {ds.get('SamplesPerPixel')!r} is not a whole number") from None
+    if not 1 <= spp <= 4:
+        raise InvalidArgument(f"SamplesPerPixel {spp} is outside 1..4")
+    return spp
 
 
 def safe_metadata(ds: Dataset) -> dict:
@@ -259,6 +292,7 @@ def _gray_to_uint8(arr: np.ndarray, view: Dataset) -> np.ndarray:
     has_modality = bool(view.get("ModalityLUTSequence")) or (
         view.get("RescaleSlope") is not None and view.get("RescaleIntercept") is not None)
     x = apply_modality_lut(arr, view) if has_modality else arr
+    own = x is not arr  # a new array, this function's to overwrite
     if view.get("VOILUTSequence"):
         try:
             return _voi_lut(x, view)
@@ -267,9 +301,8 @@ def _gray_to_uint8(arr: np.ndarray, view: Dataset) -> np.ndarray:
     elif view.get("WindowCenter") is not None and view.get("WindowWidth") is not None:
         try:
             # index 0: of several windows (WindowCenter VM > 1) the first is the one to show by default
-            y = apply_windowing(x, view, index=0)
             lo, hi = apply_windowing(np.array([-np.inf, np.inf]), view, index=0)  # the function's output range
-            return _to_uint8(y, lo, hi)
+            return _to_uint8(_window(x, view, lo, hi, own), lo, hi, inplace=True)
         except _BAD_DATA as e:
             LOG.warning("DICOM window ignored (%s); stretching between percentiles instead", _reason(e))
     bits = int(view.get("BitsStored") or 0)
@@ -277,6 +310,28 @@ def _gray_to_uint8(arr: np.ndarray, view: Dataset) -> np.ndarray:
         return _to_uint8(x, 0, 2 ** bits - 1)
     lo, hi = np.percentile(x, PERCENTILES)
     return _to_uint8(x, lo, hi)
+
+
+def _window(x: np.ndarray, view: Dataset, y_min: float, y_max: float, own: bool) -> np.ndarray:
+    """pydicom's apply_windowing(x, view, index=0), its output range y_min..y_max, as a new float64 array (or `x`
+    itself when `own`). LINEAR and LINEAR_EXACT are computed here, in place, with pydicom's arithmetic (the same
+    values bit for bit, without its masks' fancy-indexed copies: 8 bytes a pixel less than a third of the peak);
+    SIGMOID goes to pydicom."""
+    func = str(view.get("VOILUTFunction") or "LINEAR").strip().upper()
+    if func not in ("LINEAR", "LINEAR_EXACT"):
+        return apply_windowing(x, view, index=0)
+    c, w = (float(e.value[0] if e.VM > 1 else e.value) for e in (view["WindowCenter"], view["WindowWidth"]))
+    if func == "LINEAR":
+        c, w = c - 0.5, w - 1
+    out = x if own and x.dtype == np.float64 else x.astype(np.float64)
+    below, above = out <= c - w / 2, out > c + w / 2
+    out -= c
+    out /= w
+    out += 0.5
+    out *= y_max - y_min
+    out += y_min
+    out[below], out[above] = y_min, y_max
+    return out
 
 
 def _voi_lut(x: np.ndarray, view: Dataset) -> np.ndarray:
@@ -309,16 +364,18 @@ def _scale_bits(arr: np.ndarray, bits: int) -> np.ndarray:
     return _to_uint8(arr, 0, 2 ** bits - 1)
 
 
-def _to_uint8(y: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Map lo..hi linearly to 0..255 (clipped, rounded); a flat range gives zeros."""
+def _to_uint8(y: np.ndarray, lo: float, hi: float, inplace: bool = False) -> np.ndarray:
+    """Map lo..hi linearly to 0..255 (clipped, rounded); a flat range gives zeros. Computed in place on one float64
+    copy (on `y` itself, a float64 array, with `inplace`): the arithmetic of (y - lo) * (255 / (hi - lo)) without
+    its temporaries. uint8 data already on 0..255 is returned as it is."""
     lo, hi = float(lo), float(hi)
     if not hi > lo:
-        return np.zeros(y.shape, np.uint8)
-    out = (np.asarray(y, np.float64) - lo) * (255.0 / (hi - lo))
-    return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
-
-
-def _reason(e: BaseException) -> str:
-    """A one-line reason from a library exception (pydicom's messages span lines)."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+        return np.zeros(np.shape(y), np.uint8)
+    if lo == 0 and hi == 255 and np.asarray(y).dtype == np.uint8:
+        return np.ascontiguousarray(y)
+    out = y if inplace and y.dtype == np.float64 else np.array(y, dtype=np.float64)
+    out -= lo
+    out *= 255.0 / (hi - lo)
+    np.clip(out, 0, 255, out=out)
+    np.rint(out, out=out)
+    return out.astype(np.uint8)

@@ -1,5 +1,10 @@
-"""Raw items (encoded images, DICOM, sentences) -> vectors with one named embedder: decode everything first, so a bad
-item fails the whole request before anything is embedded or written, then embed in batches."""
+"""Raw items (encoded images, DICOM, sentences) -> vectors with one named embedder.
+
+Images: every header is read and the request is checked against the decoding budget first (`decode.admit`), so an
+item that is not an image, or one too large, fails the request before any pixel is decoded; then the frames are
+decoded one at a time, each preprocessed as it comes and embedded in batches, so a request holds one decoded image
+and one batch of model inputs, never all its decoded images. Nothing is written here: a frame whose pixel data
+turns out corrupt fails the request as a whole, after the frames before it were embedded for nothing."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from simdex.errors import InvalidArgument
+from simdex.limits import Limits
 
 MAX_TEXT_CHARS = 10_000
 
@@ -42,24 +48,32 @@ def labels_for(kind: str, n: int, ids: Sequence[str] | None = None) -> list[str]
 
 
 def embed_raw(emb, images: Sequence[bytes] = (), texts: Sequence[str] = (), ids: Sequence[str] | None = None,
-              all_frames: bool = False) -> Embedded:
-    """Embed `images` (encoded image or DICOM bytes) or `texts` with the loaded embedder `emb`.
+              all_frames: bool = False, limits: Limits | None = None) -> Embedded:
+    """Embed `images` (encoded image or DICOM bytes) or `texts` with the loaded embedder `emb`, images within the
+    decoding budget of `limits` (ResourceExhausted naming the limit otherwise; default Limits()).
 
-    An error about one input (bytes that do not decode, an empty text) is raised with `err.item` = its index;
-    errors about the request as a whole (wrong modality) have `err.item` None."""
+    An error about one input (bytes that do not decode, an empty text, the image that takes the request past the
+    budget) is raised with `err.item` = its index; errors about the request as a whole (wrong modality) have
+    `err.item` None."""
     images, texts = list(images), list(texts)
     if bool(images) == bool(texts):
         raise InvalidArgument("give either images or texts (one kind of raw input per request)")
     if images:
         if emb.modality != "image":
             raise InvalidArgument(f"embedder {emb.name!r} embeds {emb.modality}s; images were sent")
-        from simdex.embedder.decode import decode_many  # noqa: PLC0415 - pydicom and Pillow load on demand
+        from simdex.embedder.decode import iter_decoded  # noqa: PLC0415 - pydicom and Pillow load on demand
 
-        decoded = decode_many(images, labels_for("images", len(images), ids), all_frames=all_frames)
-        rows = [(i, d) for i, ds in enumerate(decoded) for d in ds]
-        x = emb.embed_images([d.rgb for _, d in rows])
-        return Embedded(x, emb.fingerprint, np.array([i for i, _ in rows], np.int64),
-                        np.array([d.frame for _, d in rows], np.int64), [dict(d.metadata) for _, d in rows])
+        rows: list[tuple[int, int, dict]] = []
+
+        def frames():
+            for i, d in iter_decoded(images, labels_for("images", len(images), ids), all_frames, limits):
+                rows.append((i, d.frame, dict(d.metadata)))
+                yield d.rgb
+                del d  # one decoded frame at a time: this one goes before the next is decoded
+
+        x = emb.embed_frames(frames())
+        return Embedded(x, emb.fingerprint, np.array([r[0] for r in rows], np.int64),
+                        np.array([r[1] for r in rows], np.int64), [r[2] for r in rows])
     if emb.modality != "text":
         raise InvalidArgument(f"embedder {emb.name!r} embeds {emb.modality}s; texts were sent")
     for i, (label, t) in enumerate(zip(labels_for("texts", len(texts), ids), texts)):

@@ -24,10 +24,25 @@ class EmbedderSpec:
     weights_file: str = ""   # file name in the torch hub checkpoint folder; "" = random weights
     weights_url: str = ""    # where a person with internet can fetch it
     description: str = ""
+    # bf16 autocast by default on CPUs with native bf16: only where bench/bf16.py measured recall@10 of its bf16
+    # vectors >= 0.99 against fp32 (BF16_RECALL_AT_10; torchvision_common.bf16_default; SIMDEX_BF16=0|1 overrides)
+    bf16: bool = False
 
     @property
     def random(self) -> bool:
         return not self.weights_file
+
+
+# recall@10 of bf16 vectors against exact fp32 search, (cosine, l2), measured by bench/bf16.py on bench/compression.py's
+# images (1,000 database vectors, 200 queries) with the random-weight variants (no pretrained weights were offline
+# where it ran), on a CPU with avx512_bf16 and no AMX. An embedder runs bf16 by default on a bf16 CPU only where both
+# are >= 0.99. densenet-bc runs fp32 always (densenet_bc.load_embedder; it measured 0.985 / 0.988).
+BF16_RECALL_AT_10 = {"vgg16-fc6": (0.994, 0.993), "vgg16-fc7": (0.995, 0.993), "densenet121": (0.989, 0.993)}
+BF16_MIN_RECALL = 0.99
+
+
+def _bf16_ok(name: str) -> bool:
+    return min(BF16_RECALL_AT_10.get(name, (0.0,))) >= BF16_MIN_RECALL
 
 
 _VGG_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -44,13 +59,15 @@ def register(s: EmbedderSpec) -> EmbedderSpec:
 
 for _suffix, _file in (("", "vgg16-397923af.pth"), ("-random", "")):
     register(EmbedderSpec(f"vgg16-fc6{_suffix}", "image", 4096, "simdex.embedder.vgg:load_fc6", _file, _VGG_URL,
-                          "VGG16 (ImageNet) first fully connected layer after its ReLU; 224x224 input"))
+                          "VGG16 (ImageNet) first fully connected layer after its ReLU; 224x224 input",
+                          bf16=_bf16_ok("vgg16-fc6")))
     register(EmbedderSpec(f"vgg16-fc7{_suffix}", "image", 4096, "simdex.embedder.vgg:load_fc7", _file, _VGG_URL,
-                          "VGG16 (ImageNet) second fully connected layer after its ReLU; 224x224 input"))
+                          "VGG16 (ImageNet) second fully connected layer after its ReLU; 224x224 input",
+                          bf16=_bf16_ok("vgg16-fc7")))
 for _suffix, _file in (("", "densenet121-a639ec97.pth"), ("-random", "")):
     register(EmbedderSpec(f"densenet121{_suffix}", "image", 1024, "simdex.embedder.densenet:load_densenet121",
                           _file, _D121_URL, "DenseNet-121 (ImageNet) features, ReLU and global average pool; "
-                          "224x224 input"))
+                          "224x224 input", bf16=_bf16_ok("densenet121")))
 for _suffix, _file in (("", "simdex-densenet-bc.pt"), ("-random", "")):
     register(EmbedderSpec(f"densenet-bc{_suffix}", "image", 342, "simdex.embedder.densenet_bc:load_embedder", _file,
                           "", "DenseNet-BC (depth 100, growth 12, compression 0.5) trained by "

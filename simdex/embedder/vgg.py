@@ -42,7 +42,7 @@ def build_vgg16(weights: Path | None) -> nn.Module:
 def _load(spec, weights: Path | None, device: torch.device, layer: str) -> ImageEmbedder:
     model = build_vgg16(weights)
     return ImageEmbedder(spec.name, spec.dim, VGGActivation(model, layer), image_preprocess(VGG16_Weights.DEFAULT),
-                         device, bf16=bf16_default(device))
+                         device, bf16=bf16_default(device, spec.bf16))
 
 
 def load_fc6(spec, weights, device):

@@ -30,6 +30,7 @@ FAISS_METRIC = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT, "cosine
 FAISS_SPACE = {"l2": "l2", "ip": "ip", "cosine": "l2"}  # the metric FAISS itself ranks by
 MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this many training points per centroid
 MAX_DIM = 65536
+MAX_DESC_LEN = 256  # characters of an index description (the collections table's index_desc column)
 
 
 def default_nprobe(nlist: int) -> int:
@@ -46,12 +47,25 @@ def min_train_size(desc: str, dim: int) -> int:
     need = 1000
     for m in re.finditer(r"IVF(\d+)", desc):
         need = max(need, MIN_POINTS_PER_CENTROID * int(m.group(1)))
-    for m in re.finditer(r"PQ(\d+)(?:x(\d+))?(fs)?", desc):
-        nbits = int(m.group(2)) if m.group(2) else (4 if m.group(3) else 8)
-        need = max(need, MIN_POINTS_PER_CENTROID * (1 << nbits))
-    for m in re.finditer(r"PCAR?W?(\d+)", desc):
+    for m in re.finditer(r"IMI2x(\d+)", desc):
+        need = max(need, MIN_POINTS_PER_CENTROID << int(m.group(1)))
+    # codebooks of 2^nbits centroids: PQ16, PQ16x4fs, RQ2x8, PRQ2x2x8, LSQ4x6, RQ1x8_2x4 (k-means needs >= 2^nbits)
+    for m in re.finditer(r"(?:PQ|RQ|LSQ)(\d+(?:[x_]\d+)*)(fs)?", desc):
+        for part in m.group(1).split("_"):
+            nums = part.split("x")
+            nbits = int(nums[-1]) if len(nums) > 1 else (4 if m.group(2) else 8)
+            need = max(need, MIN_POINTS_PER_CENTROID << nbits)
+    for m in re.finditer(r"PCAW?R?(\d+)", desc):  # PCA64, PCAW64, PCAR64, PCAWR64
         need = max(need, 2 * dim)
     return need
+
+
+def check_description_text(desc: str) -> None:
+    """Factory characters only, at most MAX_DESC_LEN of them (the collections table's column), no IDMap."""
+    if not desc or len(desc) > MAX_DESC_LEN or not re.fullmatch(r"[A-Za-z0-9_,.=x]+", desc) or "IDMap" in desc:
+        shown = desc if len(desc) <= 80 else f"{desc[:80]}... ({len(desc)} characters)"
+        raise InvalidArgument(f"index {shown!r} is not a FAISS factory description of at most {MAX_DESC_LEN} "
+                              "characters such as 'Flat', 'HNSW32' or 'IVF1024,Flat' (IDMap is managed by simdex)")
 
 
 def make_faiss_index(dim: int, metric: str, desc: str):
@@ -60,9 +74,7 @@ def make_faiss_index(dim: int, metric: str, desc: str):
         raise InvalidArgument(f"metric {metric!r} is not one of {sorted(FAISS_METRIC)}")
     if not 1 <= dim <= MAX_DIM:
         raise InvalidArgument(f"dim must be in 1..{MAX_DIM}, got {dim}")
-    if not desc or not re.fullmatch(r"[A-Za-z0-9_,.=x]+", desc) or "IDMap" in desc:
-        raise InvalidArgument(f"index {desc!r} is not a FAISS factory description such as 'Flat', 'HNSW32' or "
-                              f"'IVF1024,Flat' (IDMap is managed by simdex)")
+    check_description_text(desc)
     try:
         index = faiss.index_factory(dim, desc, FAISS_METRIC[metric])
     except RuntimeError as exc:
@@ -92,6 +104,8 @@ def _no_polysemous_training(index) -> None:
     """The factory turns on polysemous training for PQ kinds; simdex never searches in polysemous mode, and that
     training cost ~15 s of a 17 s `PQ16` training on 12,000 32-d vectors here. Switch it off, also when nested."""
     core = _core(index)
+    if isinstance(core, faiss.IndexHNSW):  # HNSW32_PQ8: the PQ is the graph's storage (7 s of a 256-vector training)
+        core = faiss.downcast_index(core.storage)
     if hasattr(core, "do_polysemous_training"):
         core.do_polysemous_training = False
 
@@ -307,26 +321,40 @@ class AnnIndex:
         keep = [sel]
         return index.search(xq, k, params=_walk_params(self.index, params, sel, keep))
 
+    # Candidates one oversampled FAISS call may return (x 12 bytes): queries are searched in slices under it.
+    OVERSAMPLE_HITS = 1 << 22
+
     def _oversample(self, xq, k, params, mask):
-        n, kk = self.ntotal, k
-        pad = worst(self.space)
-        while True:
-            D, P = self._run(self.index, xq, min(kk, max(n, 1)), params, None)
-            ok = (P >= 0) & mask[np.clip(P, 0, max(n - 1, 0))] if n else P >= 0
-            if kk >= n or (ok.sum(axis=1) >= k).all():
-                break
-            kk *= 4
-        Do = np.full((len(xq), k), pad, dtype=np.float32)
+        """Best k hits per query among the positions in `mask`, for kinds that take no selector: ask for kk
+        candidates (k, 4k, 16k, ... up to ntotal) until each query has k allowed ones; only the queries still
+        short are asked again, in slices that keep one call's answer under OVERSAMPLE_HITS candidates."""
+        n = self.ntotal
+        Do = np.full((len(xq), k), worst(self.space), dtype=np.float32)
         Po = np.full((len(xq), k), -1, dtype=np.int64)
-        for i in range(len(xq)):
-            sel = np.flatnonzero(ok[i])[:k]
-            Do[i, : len(sel)] = D[i, sel]
-            Po[i, : len(sel)] = P[i, sel]
+        todo, kk = np.arange(len(xq)), k
+        while len(todo):
+            kk_n = min(kk, max(n, 1))
+            per, short = max(1, self.OVERSAMPLE_HITS // kk_n), []
+            for a in range(0, len(todo), per):
+                rows = todo[a:a + per]
+                D, P = self._run(self.index, xq[rows], kk_n, params, None)
+                ok = (P >= 0) & mask[np.clip(P, 0, max(n - 1, 0))] if n else P >= 0
+                for r, ok_r, d, p in zip(rows.tolist(), ok, D, P):
+                    sel = np.flatnonzero(ok_r)[:k]
+                    if len(sel) < k and kk_n < n:
+                        short.append(r)
+                        continue
+                    Do[r, : len(sel)], Po[r, : len(sel)] = d[sel], p[sel]
+            todo, kk = np.array(short, dtype=np.int64), kk * 4
         return Do, Po
 
     def range(self, xq: np.ndarray, radius: float, params: SearchParams = SearchParams(),
-              allowed: np.ndarray | None = None):
-        """Every live (and allowed) hit within `radius`, best first: a list of (D, P) per query."""
+              allowed: np.ndarray | None = None, keep: int | None = None):
+        """Every live (and allowed) hit within `radius`: per query (D, P, found), D (m,) float32 and P (m,) int64
+        its best `keep` hits (all when None) best first, `found` how many it has in all.
+
+        One FAISS call, whose answer holds every hit of every query (live or not) at once: callers bound it by
+        slicing the queries (Collection.search)."""
         xq = self._prep(xq)
         if self.metric == "cosine":  # cos > r  <=>  |x - y|^2 < 2 - 2r for unit vectors
             radius = 2.0 - 2.0 * radius
@@ -334,8 +362,8 @@ class AnnIndex:
             n = self.ntotal
             mask = self._live[:n] if allowed is None else self._restrict(allowed, n)
             set_threads_for(len(xq))
-            keep: list = []
-            lims, D, P = self.index.range_search(xq, float(radius), params=_walk_params(self.index, params, None, keep))
+            hold: list = []
+            lims, D, P = self.index.range_search(xq, float(radius), params=_walk_params(self.index, params, None, hold))
         out = []
         for i in range(len(xq)):
             d, p = D[lims[i]:lims[i + 1]], P[lims[i]:lims[i + 1]]
@@ -343,9 +371,22 @@ class AnnIndex:
             d, p = d[ok], p[ok]
             ok = mask[p]
             d, p = d[ok], p[ok]
-            order = np.argsort(-d if BIGGER_IS_BETTER[self.space] else d, kind="stable")
-            out.append(self._scores(d[order], p[order]))
+            order = self.best_first(d, BIGGER_IS_BETTER[self.space], keep)
+            out.append((*self._scores(d[order], p[order]), len(d)))
         return out
+
+    @staticmethod
+    def best_first(d: np.ndarray, bigger: bool, keep: int | None) -> np.ndarray:
+        """Indices of the best `keep` values of `d` (all when None), best first; ties keep their order in `d`, so
+        that pages cut from the same hits agree whatever `keep` each page asks for."""
+        s = -d if bigger else d
+        if keep is not None and keep < len(s):
+            if keep <= 0:
+                return np.zeros(0, dtype=np.int64)
+            cut = np.partition(s, keep - 1)[keep - 1]
+            idx = np.flatnonzero(s <= cut)  # the best keep and every tie of the last: then a stable sort
+            return idx[np.argsort(s[idx], kind="stable")][:keep]
+        return np.argsort(s, kind="stable")
 
     # ---- persistence -------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, np.ndarray]:

@@ -2,12 +2,13 @@
 (`upsert(images=...)`), several chunks in flight; the service decodes and embeds.
 
 A chunk the service rejects because of one input (`err.item`, the index of the bad file in the request) loses only
-that file: it is reported, and the files around it are sent again. Errors about the request as a whole stop the
-run."""
+that file: it is reported, and the files around it are sent again. A chunk that reaches a server budget at input i
+(RESOURCE_EXHAUSTED, e.g. decoded pixels per request) is split there; only a file over the budget on its own fails.
+Errors about the request as a whole stop the run."""
 from __future__ import annotations
 
 from simdex.embedder.inputs import item_label, without_label
-from simdex.errors import FailedPrecondition, InvalidArgument, SimdexError
+from simdex.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SimdexError
 from simdex.jobs import sources as src
 from simdex.jobs.pipeline import Job, Uploader
 
@@ -57,6 +58,16 @@ def _send_single(job: Job, files: list[src.Planned]) -> None:
     while files:
         try:
             _upsert(job, files)
+        except ResourceExhausted as e:  # a server budget (decoded pixels per request) reached at input i
+            i = _input_at_fault(e, len(files))
+            if i:  # the inputs before it fit: send them alone, then go on from input i
+                _send_single(job, files[:i])
+                files = files[i:]
+                continue
+            bad = files[0]  # over the budget on its own
+            job.fail(bad.item.id, str(bad.item.path), without_label(e.message, item_label("images", 0, bad.ids[0])))
+            files = files[1:]
+            continue
         except (InvalidArgument, FailedPrecondition) as e:
             i = _input_at_fault(e, len(files))
             bad = files[i]

@@ -18,15 +18,15 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from simdex.distances import BIGGER_IS_BETTER
 from simdex.embedder.decode import decode_image, thumbnail_png
 from simdex.errors import FailedPrecondition, InvalidArgument, SimdexError
-from simdex.distances import BIGGER_IS_BETTER
+from simdex.lookup.files import MAX_FILE_BYTES, UnreadableFile, read_file
 
 LOG = logging.getLogger(__name__)
 
 QUERY_SIDE = 320          # longest side of the query's thumbnail, pixels
 HIT_SIDE = 200            # ... of each neighbour's
-MAX_FILE_BYTES = 2 << 30  # a neighbour file larger than this is not read (a stray path must not exhaust memory)
 STUDY, SERIES = "StudyInstanceUID", "SeriesInstanceUID"
 # (metadata key, label) shown on each card; everything else stays in the JSON.
 CARD_FIELDS = (("Modality", "modality"), ("BodyPartExamined", "body part"), ("SeriesNumber", "series no."),
@@ -164,11 +164,12 @@ def group_hits(hits: list[Hit]) -> tuple[list[Study], list[Hit]]:
 
 
 class Thumbnails:
-    """PNG thumbnails of the files named by items' `path` metadata, each file decoded once."""
+    """PNG thumbnails of the files named by items' `path` metadata, each file decoded once. Only regular files of
+    at most `max_bytes` are read (simdex.lookup.files): any other path is reported as unreadable, never opened."""
 
-    def __init__(self, root: str | Path | None = None, max_side: int = HIT_SIDE):
+    def __init__(self, root: str | Path | None = None, max_side: int = HIT_SIDE, max_bytes: int = MAX_FILE_BYTES):
         self.root = Path(root) if root is not None else Path.cwd()
-        self.max_side = max_side
+        self.max_side, self.max_bytes = max_side, max_bytes
         self._done: dict[tuple[str, int | None], tuple[bytes | None, str]] = {}
 
     def get(self, meta: dict) -> tuple[bytes | None, str]:
@@ -186,14 +187,9 @@ class Thumbnails:
 
     def _make(self, p: Path, frame: int | None) -> tuple[bytes | None, str]:
         try:
-            size = p.stat().st_size
-            if size > MAX_FILE_BYTES:
-                return None, f"file too large to show ({size:,} bytes): {p}"
-            data = p.read_bytes()
-        except FileNotFoundError:
-            return None, f"file not found: {p}"
-        except OSError as e:
-            return None, f"cannot read {p}: {e.strerror or e}"
+            data = read_file(p, self.max_bytes)  # regular files only: never a device, a FIFO or a directory
+        except UnreadableFile as e:
+            return None, e.reason
         try:
             shown = decode_image(data, str(p))[0]  # the middle frame: what the server embeds without all_frames
             if frame is not None and shown.frame != frame:  # an item of one frame of a multi-frame file

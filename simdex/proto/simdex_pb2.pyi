@@ -61,6 +61,7 @@ class Collection(_message.Message):
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     EMBEDDER_FIELD_NUMBER: _builtins.int
     EMBEDDER_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     dim: _builtins.int
     metric: _builtins.str
@@ -78,6 +79,8 @@ class Collection(_message.Message):
     """name of the embedder that fills it ("" for plain vectors)"""
     embedder_fingerprint: _builtins.str
     """fingerprint of the weights it was filled with ("" until the first write)"""
+    unavailable: _builtins.str
+    """why it cannot be used ("" when it can): its stored data could not be loaded when the"""
     def __init__(
         self,
         *,
@@ -91,10 +94,11 @@ class Collection(_message.Message):
         created_unix_ms: _builtins.int = ...,
         embedder: _builtins.str = ...,
         embedder_fingerprint: _builtins.str = ...,
+        unavailable: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "created_unix_ms", b"created_unix_ms", "dim", b"dim", "embedder", b"embedder", "embedder_fingerprint", b"embedder_fingerprint", "index", b"index", "metric", b"metric", "name", b"name", "seq", b"seq", "trained", b"trained"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "created_unix_ms", b"created_unix_ms", "dim", b"dim", "embedder", b"embedder", "embedder_fingerprint", b"embedder_fingerprint", "index", b"index", "metric", b"metric", "name", b"name", "seq", b"seq", "trained", b"trained", "unavailable", b"unavailable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,4 +1,5 @@
-"""create_server() and the `simdex serve` main loop (graceful stop on SIGTERM/SIGINT)."""
+"""create_server() and the `simdex serve` main loop (graceful stop on SIGTERM/SIGINT: the calls in flight get
+`--stop-grace-s` seconds; then no write commits any more and the calls still open are cancelled)."""
 from __future__ import annotations
 
 import logging
@@ -19,6 +20,7 @@ from simdex.limits import Limits
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
 from simdex.server.auth import TokenAuth
+from simdex.server.calls import CommitGate, graceful_stop
 from simdex.server.servicer import SimdexServicer
 from simdex.service.facade import Simdex
 
@@ -38,8 +40,11 @@ class Tls:
 
 def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str | None = None,
                   tls: Tls | None = None, max_message_mb: float = defaults.MAX_MESSAGE_MB,
-                  workers: int = 16):
-    """A started-ready (not started) gRPC server for `service`. Returns (server, bound port, health servicer)."""
+                  workers: int = 16, gate: CommitGate | None = None):
+    """A started-ready (not started) gRPC server for `service`. Returns (server, bound port, health servicer).
+
+    `gate` admits the writes' commits; `graceful_stop(server, gate, grace)` closes it before cutting the calls
+    still open, so that none of them commits afterwards."""
     max_bytes = int(max_message_mb * 1024 * 1024)
     options = [
         ("grpc.max_receive_message_length", max_bytes),
@@ -49,7 +54,7 @@ def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str |
     interceptors = [TokenAuth(token)] if token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
                          options=options, interceptors=interceptors)
-    pb_grpc.add_SimdexServicer_to_server(SimdexServicer(service, max_bytes), server)
+    pb_grpc.add_SimdexServicer_to_server(SimdexServicer(service, max_bytes, gate), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -83,9 +88,10 @@ def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str
         raise SystemExit(f"simdex: {exc.message}") from None
     service = Simdex(data_dir, db_url, snapshot_interval=snapshot_interval, embedders=pool, limits=limits)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    gate = CommitGate()
     try:
         server, bound, health_servicer = create_server(service, address, token=token, tls=tls,
-                                                       max_message_mb=max_message_mb)
+                                                       max_message_mb=max_message_mb, gate=gate)
     except OSError as exc:
         service.close()
         raise SystemExit(f"simdex: {exc} (is another server running on that port?)") from None
@@ -103,6 +109,6 @@ def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str
     signal.signal(signal.SIGINT, _stop)
     done.wait()
     health_servicer.enter_graceful_shutdown()
-    server.stop(grace=10).wait()
+    graceful_stop(server, gate, service.limits.stop_grace_s)
     service.close()
     LOG.info("simdex stopped")

@@ -2,72 +2,58 @@
 
 Errors are mapped to statuses in one place (simdex.server.errors). The answers that can grow with the request
 are checked against the message limit here, so that the client gets RESOURCE_EXHAUSTED (and splits) rather than
-a message the transport refuses.
+a message the transport refuses: before the search when nq x k alone proves a k-NN answer too large, after it
+otherwise. Writes commit only while their call is alive and the server is not past its stop's grace period
+(simdex.server.calls).
 """
 from __future__ import annotations
 
-import numpy as np
-
 from simdex import convert
-from simdex.errors import InvalidArgument, ResourceExhausted
+from simdex.errors import ResourceExhausted
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
+from simdex.server.calls import CommitGate, client_stream
 from simdex.server.errors import grpc_errors
+from simdex.server.upsert_stream import read_upsert_stream
+from simdex.service.collection import commit_guard
 from simdex.service.facade import Simdex
-from simdex.types import UpsertChunk
+from simdex.service.validation import MAX_K
 
-
-def read_upsert_stream(messages) -> tuple[str, list[UpsertChunk]]:
-    """An Upsert stream -> (its collection, one UpsertChunk per message), every message checked as it arrives."""
-    name, chunks = None, []
-    for i, msg in enumerate(messages):
-        if name is None:
-            name = msg.collection
-        elif msg.collection != name:
-            raise InvalidArgument(f"upsert message {i} names collection {msg.collection!r}, the stream began "
-                                  f"with {name!r}; one stream writes one collection")
-        chunks.append(convert.upsert_from_pb(msg, i))
-    if name is None or not any(c.ids for c in chunks):
-        raise InvalidArgument("upsert stream carried no items")
-    return name, chunks
-
-
-def merge_upsert(chunks: list[UpsertChunk]) -> UpsertChunk:
-    """The messages of one stream -> one batch (one transaction): one kind of input, one fingerprint, one
-    dimension, and content hashes for every item or for none."""
-    hashes = [h for c in chunks for h in c.content_hashes]
-    given = sum(bool(h) for h in hashes)
-    if given == 0:
-        hashes = []
-    elif given < len(hashes):
-        raise InvalidArgument("content_hashes: give one for every item or for none")
-    blocks = [c.vectors for c in chunks if c.vectors is not None]
-    images = [b for c in chunks for b in c.images]
-    texts = [t for c in chunks for t in c.texts]
-    if sum(map(bool, (blocks, images, texts))) > 1:
-        raise InvalidArgument("upsert stream mixes vectors, images and texts; send one kind per stream")
-    fingerprints = {c.fingerprint for c in chunks}
-    if len(fingerprints) > 1:
-        raise InvalidArgument("upsert stream names several embedder_fingerprints; send one per stream")
-    dims = {b.shape[1] for b in blocks}
-    if len(dims) > 1:
-        raise InvalidArgument(f"upsert stream mixes vector dimensions {sorted(dims)}")
-    return UpsertChunk([i for c in chunks for i in c.ids], np.concatenate(blocks) if blocks else None,
-                       [m for c in chunks for m in c.metadata], hashes, images, texts, fingerprints.pop())
+# The fewest bytes one k-NN hit takes in a SearchResponse: its id (tag, length, at least one character) and its
+# float32 distance; with metadata, at least "{}" and its tag and length.
+MIN_HIT_BYTES = 7
+MIN_METADATA_BYTES = 4
 
 
 class SimdexServicer(pb_grpc.SimdexServicer):
-    def __init__(self, service: Simdex, max_message_bytes: int):
+    def __init__(self, service: Simdex, max_message_bytes: int, gate: CommitGate | None = None):
         self.service = service
         self.max_bytes = max_message_bytes
+        self.gate = gate or CommitGate()
+
+    def _too_large(self, size: int, what: str, would: str = "would be") -> ResourceExhausted:
+        return ResourceExhausted(
+            f"{what} response {would} {size} bytes, over the server's message limit of {self.max_bytes} bytes; "
+            "ask for fewer items per call (the Python client splits requests for you)")
 
     def _fits(self, response, what: str):
         size = response.ByteSize()
         if size > self.max_bytes:
-            raise ResourceExhausted(
-                f"{what} response would be {size} bytes, over the server's message limit of {self.max_bytes} "
-                "bytes; ask for fewer items per call (the Python client splits requests for you)")
+            raise self._too_large(size, what)
         return response
+
+    def _knn_can_fit(self, kw: dict) -> None:
+        """Refuse, before any work, an unfiltered k-NN search whose answer cannot fit one message: nq queries
+        with min(k, items) hits each, every hit at least MIN_HIT_BYTES."""
+        if kw["radius"] is not None or kw["filter"] or not 0 < kw["k"] <= MAX_K:  # a bad k: the service says so
+            return
+        nq = len(kw["images"]) + len(kw["texts"]) or (len(kw["queries"]) if kw["queries"] is not None else 0)
+        per_hit = MIN_HIT_BYTES + (MIN_METADATA_BYTES if kw["include_metadata"] else 0)
+        if nq * kw["k"] * per_hit <= self.max_bytes:
+            return
+        least = nq * min(kw["k"], self.service.get_collection(kw["name"]).count) * per_hit
+        if least > self.max_bytes:
+            raise self._too_large(least, f"Search ({nq} queries, k={kw['k']})", "would be at least")
 
     # ---- collections -------------------------------------------------------------------------------------
     @grpc_errors
@@ -92,15 +78,18 @@ class SimdexServicer(pb_grpc.SimdexServicer):
     # ---- items -------------------------------------------------------------------------------------------
     @grpc_errors
     def Upsert(self, request_iterator, context):
-        name, chunks = read_upsert_stream(request_iterator)
-        b = merge_upsert(chunks)
-        n, seq = self.service.upsert(name, b.ids, b.vectors, b.metadata, b.content_hashes, images=b.images,
-                                     texts=b.texts, fingerprint=b.fingerprint)
+        messages = client_stream(request_iterator, context, "Upsert")
+        name, b = read_upsert_stream(messages, self.service.limits, lambda n: self.service.get_collection(n).dim,
+                                     self.max_bytes)
+        with commit_guard(self.gate.guard(context, "Upsert")):
+            n, seq = self.service.upsert(name, b.ids, b.vectors, b.metadata, b.content_hashes, images=b.images,
+                                         texts=b.texts, fingerprint=b.fingerprint)
         return pb.UpsertResponse(upserted=n, seq=seq)
 
     @grpc_errors
     def Delete(self, request, context):
-        n, seq = self.service.delete(request.collection, request.ids, request.ignore_missing)
+        with commit_guard(self.gate.guard(context, "Delete")):
+            n, seq = self.service.delete(request.collection, request.ids, request.ignore_missing)
         return pb.DeleteResponse(deleted=n, seq=seq)
 
     @grpc_errors
@@ -115,8 +104,14 @@ class SimdexServicer(pb_grpc.SimdexServicer):
 
     @grpc_errors
     def Search(self, request, context):
-        hits, metas = self.service.search(**convert.search_request_from_pb(request))
-        return self._fits(convert.search_response_to_pb(hits, metas), "Search")
+        kw = convert.search_request_from_pb(request)
+        self._knn_can_fit(kw)
+        hits, metas = self.service.search(**kw)
+        texts = convert.metadata_texts(metas)
+        least = convert.search_response_min_bytes(hits, texts)
+        if least > self.max_bytes:  # refused before the message is built
+            raise self._too_large(least, "Search", "would be at least")
+        return self._fits(convert.search_response_to_pb(hits, texts), "Search")
 
     @grpc_errors
     def Cluster(self, request, context):

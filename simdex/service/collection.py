@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from simdex.distances import BIGGER_IS_BETTER
 from simdex.index.ann import AnnIndex
 from simdex.index.backend import NCPU, SMALL_BATCH, faiss
 from simdex.index.batcher import SearchBatcher
+from simdex.limits import Limits
 from simdex.store import filters
 from simdex.store.items import CollectionRecord, Store, WriteResult
 from simdex.types import SearchParams
@@ -28,6 +31,27 @@ LOG = logging.getLogger(__name__)
 EXACT_SUBSET = 4096
 EXACT_SUBSET_FLOATS = 1 << 22
 TRAIN_SAMPLE = 100_000    # vectors sampled to train a kind that needs training
+RANGE_SLICE = 256         # queries per FAISS range call at most (fewer on big collections: see _range)
+
+# The caller's veto on a commit (the server installs one per call with commit_guard): a factory of context
+# managers, entered under the collection's write lock right before the commit and spanning it, that raises instead
+# when the call may no longer commit (cancelled, past its deadline, the server past its stop's grace period).
+_COMMIT_GUARD: ContextVar = ContextVar("simdex_commit_guard", default=None)
+
+
+@contextmanager
+def commit_guard(window):
+    """Every write this thread makes inside the block commits only within `window()` (see _COMMIT_GUARD)."""
+    token = _COMMIT_GUARD.set(window)
+    try:
+        yield
+    finally:
+        _COMMIT_GUARD.reset(token)
+
+
+def _commit_window():
+    window = _COMMIT_GUARD.get()
+    return nullcontext() if window is None else window()
 
 
 @dataclass
@@ -103,8 +127,8 @@ class Collection:
     # ---- writes (called with validated input) ------------------------------------------------------------
     def upsert(self, ids: list[str], xb: np.ndarray, metadata: list[dict], hashes: list[str],
                fingerprint: str = "") -> WriteResult:
-        with self.write_lock:
-            res = self.store.upsert(self.info.id, ids, xb, metadata, hashes, fingerprint)
+        with self.write_lock, _commit_window():
+            res = self.store.upsert(self.info, ids, xb, metadata, hashes, fingerprint)
             self.ann.remove(res.removed_iids)
             self.ann.add(res.added_iids, list(ids), xb)
             self.seq = res.seq
@@ -112,8 +136,8 @@ class Collection:
         return res
 
     def delete(self, ids: list[str], ignore_missing: bool) -> WriteResult:
-        with self.write_lock:
-            res = self.store.delete(self.info.id, ids, ignore_missing)
+        with self.write_lock, _commit_window():
+            res = self.store.delete(self.info, ids, ignore_missing)
             self.ann.remove(res.removed_iids)
             self.seq = res.seq
             self._maintain()
@@ -143,46 +167,78 @@ class Collection:
             out.append(Hits(ann.ext_ids(p.tolist()), d[ok], ann.iids_at(p)))
         return out
 
-    def _exact(self, ann: AnnIndex, xq: np.ndarray, iids: np.ndarray, k: int | None, radius: float | None):
-        """Exact answer over the items `iids` from their stored vectors."""
-        pos = ann.positions(iids)  # only what the index already holds, so ids and index agree
-        found, xb = self.store.vectors(self.info.id, self.info.dim, ann.iids_at(pos))
-        pos = pos[found]  # and still in the database
-        iids = ann.iids_at(pos)
+    def _exact(self, ann: AnnIndex, xq: np.ndarray, iids: np.ndarray, k: int | None, radius: float | None,
+               keep: int | None = None, count: "_HitCount | None" = None) -> list[Hits]:
+        """Exact answer over the items `iids` from their stored vectors: each query's best k, or its range hits
+        (the best `keep`, every one found counted by `count`). Vectors are read EXACT_SUBSET_FLOATS floats at a
+        time and scored in slices of queries of as many scores, so memory stays bounded whatever `iids` holds."""
         bigger = BIGGER_IS_BETTER[self.info.metric]
+        want = k if radius is None else keep
         if self.info.metric == "cosine":
-            xb = xb.copy()
-            faiss.normalize_L2(xb)
             xq = xq.copy()
             faiss.normalize_L2(xq)
+        best = [(np.zeros(0, np.float32), np.zeros(0, np.int64))] * len(xq)
+        every = ann.positions(iids)  # only what the index already holds, so ids and index agree
+        step = max(1, EXACT_SUBSET_FLOATS // self.info.dim)
+        for c in range(0, len(every), step):
+            pos = every[c:c + step]
+            found, xb = self.store.vectors(self.info.id, self.info.dim, ann.iids_at(pos))
+            pos = pos[found]  # and still in the database
+            if self.info.metric == "cosine":
+                xb = xb.copy()
+                faiss.normalize_L2(xb)
+            per = max(1, EXACT_SUBSET_FLOATS // max(1, len(xb)))
+            for a in range(0, len(xq), per):
+                for q, s in enumerate(self._exact_scores(xq[a:a + per], xb), start=a):
+                    p = pos
+                    if radius is not None:
+                        within = np.flatnonzero((s > radius) if bigger else (s < radius))
+                        count.add(len(within))
+                        s, p = s[within], pos[within]
+                    d = np.concatenate([best[q][0], s])
+                    p = np.concatenate([best[q][1], p])
+                    order = AnnIndex.best_first(d, bigger, want)  # earlier chunks first among ties
+                    best[q] = (d[order], p[order])
+        return [Hits(ann.ext_ids(p.tolist()), d, ann.iids_at(p)) for d, p in best]
+
+    def _exact_scores(self, xq: np.ndarray, xb: np.ndarray) -> np.ndarray:
+        """(nq, m) float32 scores in the collection's metric of (nq, d) queries against (m, d) stored vectors."""
         if not len(xb):
-            S = np.zeros((len(xq), 0), dtype=np.float32)
-        elif self.info.metric == "l2":
-            S = faiss.pairwise_distances(xq, xb)  # squared L2, as FAISS reports it
-        else:  # ip; and cosine over the unit vectors: the cosine itself, which the index reports as 1 - d/2
-            S = xq @ xb.T
+            return np.zeros((len(xq), 0), dtype=np.float32)
+        if self.info.metric == "l2":
+            return faiss.pairwise_distances(xq, xb).astype(np.float32)  # squared L2, as FAISS reports it
+        # ip; and cosine over the unit vectors: the cosine itself, which the index reports as 1 - d/2
+        return (xq @ xb.T).astype(np.float32)
+
+    def _range(self, ann: AnnIndex, xq: np.ndarray, radius: float, params: SearchParams,
+               allowed: np.ndarray | None, keep: int | None, count: "_HitCount") -> list[Hits]:
+        """Range hits through the index, in slices of queries whose FAISS answer (up to ntotal hits per query)
+        stays near the hit budget; the running count refuses as soon as it passes it."""
+        per = max(1, min(RANGE_SLICE, count.limit // max(1, ann.ntotal)))
         out = []
-        for s in S.astype(np.float32):
-            order = np.argsort(-s if bigger else s, kind="stable")
-            if radius is not None:
-                order = order[(s[order] > radius) if bigger else (s[order] < radius)]
-            else:
-                order = order[:k]
-            out.append(Hits(ann.ext_ids(pos[order].tolist()), s[order], iids[order]))
+        for a in range(0, len(xq), per):
+            for d, p, found in ann.range(xq[a:a + per], radius, params, allowed, keep):
+                count.add(found)
+                out.append(Hits(ann.ext_ids(p.tolist()), d, ann.iids_at(p)))
         return out
 
     def search(self, xq: np.ndarray, k: int, params: SearchParams, spec: filters.Filter,
-               radius: float | None = None) -> list[Hits]:
-        """k-NN (or range when radius is given) for (nq, d) float32 queries, restricted to the filter."""
+               radius: float | None = None, *, keep: int | None = None, limits: Limits = Limits()) -> list[Hits]:
+        """k-NN (or range when radius is given) for (nq, d) float32 queries, restricted to the filter.
+
+        Range answers hold each query's best `keep` hits (all when None); every hit found counts against
+        `limits.max_search_results` (ResourceExhausted as soon as the running total passes it). The k-NN budget
+        (nq x k) is the caller's to check before it calls (Search.search)."""
         ann = self.ann
+        count = _HitCount(limits, len(xq), radius) if radius is not None else None
         allowed = None
         if spec:
             match = self.store.filter_iids(self.info.id, spec)
             if len(match) <= min(EXACT_SUBSET, max(64, EXACT_SUBSET_FLOATS // self.info.dim)):
-                return self._exact(ann, xq, match, k, radius)
+                return self._exact(ann, xq, match, k, radius, keep, count)
             allowed = ann.mask_of(match)
         if radius is not None:
-            return [Hits(ann.ext_ids(p.tolist()), d, ann.iids_at(p)) for d, p in ann.range(xq, radius, params, allowed)]
+            return self._range(ann, xq, radius, params, allowed, keep, count)
         if allowed is None and len(xq) < SMALL_BATCH and ann.stacks:
             D, P = self.batcher.search(xq, k, (ann, params))
         else:
@@ -219,3 +275,17 @@ class Collection:
         """Nothing runs on its own (the batcher has no thread); a deleted collection also drops its snapshot."""
         if remove_snapshot:
             self.path.unlink(missing_ok=True)
+
+
+class _HitCount:
+    """The running total of the range hits one Search has found, refused once it passes the budget."""
+
+    def __init__(self, limits: Limits, nq: int, radius: float):
+        self.limits, self.limit, self.nq, self.radius = limits, limits.max_search_results, nq, radius
+        self.total = 0
+
+    def add(self, n: int) -> None:
+        self.total += n
+        if self.total > self.limit:
+            raise self.limits.refuse("max_search_results", f"at least {self.total} hits",
+                                     f"range search of {self.nq} queries within radius {self.radius:g}")

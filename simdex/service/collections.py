@@ -1,12 +1,20 @@
-"""The open collections of one database, by name: opened at start, created, resolved, described, deleted, closed."""
+"""The collections of one database, by name: opened at start, created, resolved, described, deleted, closed.
+
+One collection whose stored data cannot be loaded never stops the server: it is kept as an Unloadable, listed
+and described with the reason (CollectionInfo.unavailable), refused with FailedPrecondition naming it on any
+other use, and deletable. A creation checks everything first (the index description through index.describe)
+and, should opening the new collection still fail, removes its row again: a failed create leaves nothing.
+"""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from pathlib import Path
 
-from simdex.errors import InvalidArgument, NotFound
-from simdex.index.ann import make_faiss_index
+from simdex.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from simdex.index import describe
+from simdex.limits import Limits
 from simdex.service.collection import Collection
 from simdex.service.embedding import Embedders
 from simdex.service.validation import METRICS, check_name
@@ -14,6 +22,32 @@ from simdex.store.items import CollectionRecord, Store
 from simdex.types import CollectionInfo
 
 LOG = logging.getLogger(__name__)
+SNAPSHOT_FILE = re.compile(r"(\d+)(?:\.tmp)?\.npz")  # Collection.path and its temporary
+
+
+class Unloadable:
+    """A collection whose stored data could not be loaded at start. Only its name, record, snapshot path and
+    `unavailable` (why, and what to do) are readable; anything else a caller uses (its index, its lock, its writes and searches) raises FailedPrecondition
+    naming it, so that every service that resolves a collection refuses this one in the same words."""
+
+    def __init__(self, record: CollectionRecord, reason: str, snapshot: Path):
+        self.record, self.name, self.path = record, record.name, snapshot
+        self.unavailable = (f"its stored data could not be loaded when the server started ({reason}); the other "
+                            "collections are served. DeleteCollection removes it; or repair its data and restart "
+                            "the server")
+
+    def error(self) -> FailedPrecondition:
+        return FailedPrecondition(f"collection {self.name!r} is unavailable: {self.unavailable}")
+
+    def __getattr__(self, attr: str):
+        raise self.error()
+
+    def save_snapshot(self) -> bool:
+        return False  # nothing loaded, nothing to write
+
+    def close(self, remove_snapshot: bool = False) -> None:
+        if remove_snapshot:
+            self.path.unlink(missing_ok=True)
 
 
 class Collections:
@@ -21,32 +55,70 @@ class Collections:
 
     The lock orders creations and deletions; each collection's own write lock orders its writes."""
 
-    def __init__(self, store: Store, snapshot_dir: Path, embedders: Embedders):
+    def __init__(self, store: Store, snapshot_dir: Path, embedders: Embedders, limits: Limits | None = None):
         self.store, self.snapshot_dir, self.embedders = store, snapshot_dir, embedders
+        self.limits = limits or Limits()
         self._lock = threading.Lock()
-        self._cols: dict[str, Collection] = {}
-        for rec in store.list_collections():
-            self._cols[rec.name] = self._open(rec)
+        self._cols: dict[str, Collection | Unloadable] = {}
+        records = store.list_collections()
+        self._remove_orphan_snapshots({r.id for r in records})
+        for rec in records:
+            try:
+                self._cols[rec.name] = self._open(rec)
+            except Exception as exc:  # noqa: BLE001 - whatever broke it, the other collections are served
+                text = str(getattr(exc, "message", None) or exc).strip()
+                reason = f"{type(exc).__name__}: {text.splitlines()[-1][:300] if text else 'no message'}"
+                LOG.error("collection %s (id %d) is unavailable: %s", rec.name, rec.id, reason, exc_info=True)
+                self._cols[rec.name] = Unloadable(rec, reason, snapshot_dir / f"{rec.id}.npz")
 
     def _open(self, rec: CollectionRecord) -> Collection:
+        """The collection opened from its snapshot and the database; if that fails and a snapshot was there, the
+        snapshot (derived data) is set aside as ID.npz.unusable and the index rebuilt from the database alone."""
+        col = Collection(rec, self.store, self.snapshot_dir)
+        try:
+            col.open()
+            return col
+        except Exception as exc:  # noqa: BLE001 - retried without the snapshot; a second failure propagates
+            if not col.path.exists():
+                raise
+            aside = col.path.with_name(col.path.name + ".unusable")
+            LOG.warning("collection %s: opening with snapshot %s failed (%s: %s); set aside as %s, rebuilding "
+                        "from the database", rec.name, col.path, type(exc).__name__, exc, aside.name)
+            col.path.replace(aside)
         col = Collection(rec, self.store, self.snapshot_dir)
         col.open()
         return col
 
+    def _remove_orphan_snapshots(self, live: set[int]) -> None:
+        """Snapshots of collections no longer in the database (deleted while the server was down, or killed between
+        the commit and the unlink) are removed before anything could restore them."""
+        for path in self.snapshot_dir.glob("*.npz"):
+            m = SNAPSHOT_FILE.fullmatch(path.name)
+            if m and int(m[1]) not in live:
+                LOG.info("removing snapshot %s of a collection that no longer exists", path.name)
+                path.unlink(missing_ok=True)
+
     def get(self, name: str) -> Collection:
-        """The open collection `name`; InvalidArgument for a malformed name, NotFound for an unknown one."""
+        """The collection `name`; InvalidArgument for a malformed name, NotFound for an unknown one. An unloadable
+        collection is returned as its Unloadable, which refuses every use (FailedPrecondition naming it)."""
         check_name(name)
         col = self._cols.get(name)
         if col is None:
             raise NotFound(f"collection {name!r} not found")
-        return col
+        return col  # type: ignore[return-value] - an Unloadable stands in for it and refuses every use
 
     def all(self) -> list[Collection]:
-        """Every open collection, by name."""
-        return sorted(self._cols.values(), key=lambda c: c.name)
+        """Every collection by name, the unloadable ones included (info() describes them, snapshots skip them)."""
+        return sorted(self._cols.values(), key=lambda c: c.name)  # type: ignore[return-value]
 
-    def info(self, col: Collection) -> CollectionInfo:
-        """The public description of `col`, with its live count and the fingerprint stored now."""
+    def info(self, col: Collection | Unloadable) -> CollectionInfo:
+        """The public description of `col`, with its live count and the fingerprint stored now; for an unloadable
+        one, the count its rows have and the reason it is unavailable."""
+        if isinstance(col, Unloadable):
+            r = col.record
+            fp = self.store.embedder_fingerprint(r.id) if r.embedder else ""
+            return CollectionInfo(r.name, r.dim, r.metric, r.index, self.store.count(r.id), False, r.seq,
+                                  r.created_unix_ms, r.embedder, fp, unavailable=col.unavailable)
         r = col.info
         fp = self.store.embedder_fingerprint(r.id) if r.embedder else ""
         return CollectionInfo(r.name, r.dim, r.metric, r.index, col.ann.n_live, col.ann.trained, col.seq,
@@ -54,7 +126,8 @@ class Collections:
 
     def create(self, name: str, dim: int, metric: str = "l2", index: str = "Flat", embedder: str = "") -> Collection:
         """A new empty collection; `dim` 0 takes the embedder's. Every argument is checked before anything is
-        written (a missing embedder's weights fail now, not at the first upsert)."""
+        written (a missing embedder's weights fail now, not at the first upsert; the index description is
+        rehearsed on a tiny instance, see index.describe), and a create that fails after all leaves no row."""
         check_name(name)
         metric = metric or "l2"
         index = index or "Flat"
@@ -64,19 +137,32 @@ class Collections:
             dim = self.embedders.collection_dim(embedder, dim)
         if not isinstance(dim, int) or dim <= 0:
             raise InvalidArgument(f"dim must be a positive integer, got {dim!r}")
-        make_faiss_index(dim, metric, index)  # validates dim, metric and description
+        if name in self._cols:  # before the rehearsal's work; the database's unique name decides under the lock
+            raise AlreadyExists(f"collection {name!r} already exists")
+        describe.check(dim, metric, index, self.limits)
         with self._lock:
-            col = self._open(self.store.create_collection(name, dim, metric, index, embedder))
+            rec = self.store.create_collection(name, dim, metric, index, embedder)
+            try:
+                col = self._open(rec)
+            except Exception:
+                LOG.exception("collection %s: opening it after its creation failed; removing its row", name)
+                self.store.delete_collection(name)
+                raise
             self._cols[name] = col
         return col
 
     def delete(self, name: str) -> None:
-        """Drop the collection, its items and its heads (one transaction), then its index and snapshot."""
+        """Drop the collection, its items and its heads (one transaction), then its index and snapshot. An
+        unloadable collection is deleted the same way (nothing of it is open)."""
         with self._lock:
             col = self.get(name)
-            with col.write_lock:
+            if isinstance(col, Unloadable):
                 self.store.delete_collection(name)
                 del self._cols[name]
+            else:
+                with col.write_lock:
+                    self.store.delete_collection(name)
+                    del self._cols[name]
             col.close(remove_snapshot=True)
 
     def close(self) -> None:

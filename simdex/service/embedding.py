@@ -1,15 +1,22 @@
 """Embedders in the service: listing them, Embed and Translate, and turning a collection's raw items (images,
-texts) into vectors, checked against the fingerprint of the weights its stored vectors were made with."""
+texts) into vectors, checked against the fingerprint of the weights its stored vectors were made with.
+
+Raw images are decoded within the server's decoding budget (`Limits.max_decoded_mpixels`, `max_dicom_mb`).
+Nothing that leaves through the service names a server path: ListEmbedders gives each weights file by its name,
+and an error about loading weights names the file, not its folder (the full message goes to the server's log)."""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
 from simdex.embedder import registry
 from simdex.embedder.inputs import Embedded, embed_raw
 from simdex.embedder.registry import EmbedderPool
-from simdex.errors import FailedPrecondition, InvalidArgument
+from simdex.errors import FailedPrecondition, InvalidArgument, SimdexError
+from simdex.limits import Limits
 from simdex.service.collection import Collection
 from simdex.service.validation import MAX_EMBED
 from simdex.store.items import Store
@@ -20,10 +27,13 @@ DEFAULT_TRANSLATOR = "questions-fr-en"
 
 
 class Embedders:
-    """The service's embedders: `pool` loads each one once, on first use."""
+    """The service's embedders: `pool` loads each one once, on first use; `limits` bounds what decoding costs."""
 
-    def __init__(self, pool: EmbedderPool, store: Store):
-        self.pool, self.store = pool, store
+    def __init__(self, pool: EmbedderPool, store: Store, limits: Limits | None = None):
+        self.pool, self.store, self.limits = pool, store, limits or Limits()
+        LOG.info("embedder weights (full paths are for this log only; clients see file names): %s",
+                 "; ".join(f"{s.name}={self.pool.where(s.name) or 'random'}"
+                           f"{'' if self.pool.present(s.name) else ' (missing)'}" for s in registry.specs()))
 
     def collection_dim(self, embedder: str, dim: int) -> int:
         """The dimension of a new collection filled by `embedder` (`dim` 0: the embedder's). Fails now when the
@@ -32,7 +42,8 @@ class Embedders:
         if dim and dim != espec.dim:
             raise InvalidArgument(f"dim {dim} does not match embedder {embedder!r}, which gives {espec.dim}-d "
                                   "vectors; leave dim out (0) to take the embedder's")
-        registry.weights_path(embedder, self.pool.weights.get(embedder))  # missing weights: fail now
+        with self._server_paths_hidden(embedder):
+            registry.weights_path(embedder, self.pool.weights.get(embedder))  # missing weights: fail now
         return espec.dim
 
     def of(self, col: Collection):
@@ -40,12 +51,35 @@ class Embedders:
         if not col.info.embedder:
             raise FailedPrecondition(f"collection {col.name!r} stores plain vectors (no embedder): send vectors, "
                                      "or create a collection with an embedder to send raw images or texts")
-        return self.pool.get(col.info.embedder)
+        return self._load(col.info.embedder)
 
     def list(self) -> list[EmbedderInfo]:
+        """Every registered embedder, its weights file by name only ("" for random weights) and whether the server
+        has it: where the file lives is the server's business (its log at start, `simdex embedders` there)."""
         p = self.pool
-        return [EmbedderInfo(s.name, s.modality, s.dim, s.description, p.present(s.name), p.where(s.name),
+        return [EmbedderInfo(s.name, s.modality, s.dim, s.description, p.present(s.name), Path(p.where(s.name)).name,
                              p.loaded_fingerprint(s.name)) for s in registry.specs()]
+
+    def _load(self, name: str):
+        with self._server_paths_hidden(name):
+            return self.pool.get(name)
+
+    @contextmanager
+    def _server_paths_hidden(self, name: str):
+        """A SimdexError raised inside (missing or unreadable weights) leaves with the weights file's folder
+        replaced by words and its path by its name; the full message is logged here."""
+        try:
+            yield
+        except SimdexError as e:
+            where = self.pool.where(name)
+            if not where or (where not in e.message and str(Path(where).parent) not in e.message):
+                raise
+            LOG.warning("embedder %s: %s", name, e.message)
+            path = Path(where)
+            public = e.message.replace(where, path.name)
+            public = public.replace(repr(str(path.parent)), "the server's weights folder")
+            public = public.replace(str(path.parent), "the server's weights folder")
+            raise type(e)(public, item=e.item) from None
 
     def embed(self, embedder: str, images=(), texts=(), all_frames: bool = False) -> Embedding:
         """Images (encoded bytes, DICOM too) or texts -> an Embedding of (rows, dim) float32 vectors."""
@@ -53,7 +87,7 @@ class Embedders:
         n = len(images) + len(texts)
         if n > MAX_EMBED:
             raise InvalidArgument(f"embed: {n} items in one request, more than {MAX_EMBED}; send fewer per call")
-        e = embed_raw(self.pool.get(embedder), images, texts, all_frames=all_frames)
+        e = embed_raw(self._load(embedder), images, texts, all_frames=all_frames, limits=self.limits)
         return Embedding(e.vectors, e.fingerprint, e.item_index, e.frame_index, e.metadata)
 
     def translate(self, model: str, texts, beam: int = 1, max_len: int = 0) -> list[tuple[str, float]]:
@@ -65,15 +99,23 @@ class Embedders:
     def raw(self, col: Collection, images, texts, ids=None) -> Embedded:
         """Raw items for `col` (images or texts), embedded by its embedder; errors name an item by its id when
         `ids` are given."""
-        return embed_raw(self.of(col), images, texts, ids)
+        return embed_raw(self.of(col), images, texts, ids, limits=self.limits)
 
     def queries(self, col: Collection, images, texts) -> np.ndarray:
-        """Raw queries -> (nq, dim) float32 in `col`'s space; FailedPrecondition when the loaded weights are not
-        the ones the collection was filled with (their vectors would live in another space)."""
-        e = self.raw(col, images, texts)
-        fp = self.store.embedder_fingerprint(col.info.id)
-        if fp and fp != e.fingerprint:
+        """Raw queries -> (nq, dim) float32 in `col`'s space; FailedPrecondition, before anything is decoded, when
+        the loaded embedder's fingerprint (its weights and numeric path) is not the one the collection was filled
+        with: its vectors would live in another space, or come from another arithmetic."""
+        fp, now = self.store.embedder_fingerprint(col.info.id), self.of(col).fingerprint
+        if fp and fp != now:
             raise FailedPrecondition(
-                f"collection {col.name!r} was filled with embedder weights {fp}, but {col.info.embedder!r} is now "
-                f"loaded with {e.fingerprint}; refill the collection or serve the original weights")
-        return e.vectors
+                f"collection {col.name!r} was filled by {col.info.embedder!r} with {_path_of(fp)}, but the server "
+                f"now runs it with {_path_of(now)}; vectors of the two do not mix: refill the collection, or serve "
+                "the original weights (`simdex serve --weights NAME=FILE`) on the original path (SIMDEX_BF16=1 "
+                "for bf16, 0 for fp32)")
+        return self.raw(col, images, texts).vectors
+
+
+def _path_of(fingerprint: str) -> str:
+    """"weights sha256:ab12... on the bf16 path": what an embedder fingerprint says (simdex.embedder.base)."""
+    weights, bf16, _ = fingerprint.partition(":bf16")
+    return f"weights {weights} on the {'bf16' if bf16 else 'fp32'} path"

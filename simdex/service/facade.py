@@ -43,12 +43,12 @@ class Simdex:
         self.engine = make_engine(url)
         migrate(self.engine)
         self.store = Store(self.engine)
-        self.embedding = Embedders(self.embedders, self.store)
-        self.collections = Collections(self.store, self.data_dir / "indexes", self.embedding)
+        self.embedding = Embedders(self.embedders, self.store, self.limits)
+        self.collections = Collections(self.store, self.data_dir / "indexes", self.embedding, self.limits)
         self.items = Items(self.collections, self.store, self.embedding)
         self.heads = Heads(self.collections, self.store, self.embedding)
-        self.searcher = Search(self.collections, self.store, self.embedding, self.heads)
-        self.clusters = ClusterJobs()
+        self.searcher = Search(self.collections, self.store, self.embedding, self.heads, self.limits)
+        self.clusters = ClusterJobs(self.limits)
         self.snapshots = Snapshots(self.collections, snapshot_interval)
 
     # ---- collections -------------------------------------------------------------------------------------

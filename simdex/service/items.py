@@ -11,7 +11,7 @@ from simdex.errors import FailedPrecondition, InvalidArgument
 from simdex.service.collection import Collection
 from simdex.service.collections import Collections
 from simdex.service.embedding import Embedders
-from simdex.service.validation import check_ids, check_metadata
+from simdex.service.validation import check_fingerprint, check_hashes, check_ids, check_metadata
 from simdex.store import filters
 from simdex.store.items import Store
 from simdex.types import Item
@@ -31,9 +31,8 @@ class Items:
         col = self.collections.get(name)
         ids = check_ids(ids)
         metas = check_metadata(list(metadata), len(ids))
-        hashes = list(hashes)
-        if hashes and len(hashes) != len(ids):
-            raise InvalidArgument(f"content_hashes: got {len(hashes)} for {len(ids)} ids")
+        hashes = check_hashes(hashes, len(ids))
+        fingerprint = check_fingerprint(fingerprint)
         raw = list(images) or list(texts)
         if raw:
             if vectors is not None:
@@ -49,6 +48,8 @@ class Items:
             keys = [xb[i].tobytes() for i in range(len(ids))]
         if fingerprint and not col.info.embedder:
             raise FailedPrecondition(f"collection {name!r} stores plain vectors; an embedder_fingerprint was sent")
+        if raw:  # the embedder's own metadata (DICOM tags) passes the same gate as the caller's
+            metas = check_metadata(metas, len(ids))
         if not hashes:
             hashes = [content_hash(keys[i], canonical_json(metas[i])) for i in range(len(ids))]
         res = col.upsert(ids, xb, metas, hashes, fingerprint)

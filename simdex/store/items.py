@@ -12,8 +12,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
-from simdex.errors import AlreadyExists, FailedPrecondition, NotFound
+from simdex.errors import AlreadyExists, FailedPrecondition, Internal, NotFound
 from simdex.store import filters
 from simdex.store.tables import CollectionRow, HeadRow, ItemRow
 from simdex.types import Item
@@ -58,15 +59,20 @@ class Store:
 
     # ---- collections -------------------------------------------------------------------------------------
     def create_collection(self, name: str, dim: int, metric: str, index: str, embedder: str = "") -> CollectionRecord:
-        with self.engine.begin() as conn:
-            if conn.execute(select(CollectionRow.id).where(CollectionRow.name == name)).first():
-                raise AlreadyExists(f"collection {name!r} already exists")
-            now = int(time.time() * 1000)
-            conn.execute(insert(CollectionRow).values(
-                name=name, dim=dim, metric=metric, index_desc=index, embedder=embedder,
-                embedder_fingerprint="", seq=0, next_iid=0, created_unix_ms=now,
-            ))
-            row = conn.execute(select(CollectionRow).where(CollectionRow.name == name)).one()
+        """A new collections row, with an id no collection had before (see tables.CollectionRow)."""
+        exists = AlreadyExists(f"collection {name!r} already exists")
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(select(CollectionRow.id).where(CollectionRow.name == name)).first():
+                    raise exists
+                now = int(time.time() * 1000)
+                conn.execute(insert(CollectionRow).values(
+                    name=name, dim=dim, metric=metric, index_desc=index, embedder=embedder,
+                    embedder_fingerprint="", seq=0, next_iid=0, created_unix_ms=now,
+                ))
+                row = conn.execute(select(CollectionRow).where(CollectionRow.name == name)).one()
+        except IntegrityError:  # another server on this database created it between the check and the insert
+            raise exists from None
         return CollectionRecord.of(row)
 
     def get_collection(self, name: str) -> CollectionRecord:
@@ -83,6 +89,8 @@ class Store:
 
     def delete_collection(self, name: str) -> CollectionRecord:
         with self.engine.begin() as conn:
+            # the write lock first (see _lock_collection), then the row it protects
+            conn.execute(update(CollectionRow).where(CollectionRow.name == name).values(seq=CollectionRow.seq))
             row = conn.execute(select(CollectionRow).where(CollectionRow.name == name)).first()
             if row is None:
                 raise NotFound(f"collection {name!r} not found")
@@ -104,16 +112,27 @@ class Store:
             conn.execute(update(CollectionRow).where(CollectionRow.id == cid).values(embedder_fingerprint=fingerprint))
 
     # ---- writes ------------------------------------------------------------------------------------------
-    def _lock_collection(self, conn, cid: int, fingerprint: str = ""):
-        """Lock the collection row for this transaction; with a `fingerprint`, check it against the collection's
-        (recording it if this is the collection's first embedder-made write)."""
-        stmt = select(CollectionRow.seq, CollectionRow.next_iid, CollectionRow.embedder_fingerprint,
-                      CollectionRow.name).where(CollectionRow.id == cid)
-        if self.dialect != "sqlite":
-            stmt = stmt.with_for_update()
-        row = conn.execute(stmt).first()
-        if row is None:
-            raise NotFound("collection was deleted")
+    def _lock_collection(self, conn, col: "int | CollectionRecord", dim: int | None = None, fingerprint: str = ""):
+        """Lock the collection row for this transaction and re-check, inside it, that it is still the collection
+        the caller resolved: its id (never reused), and its name and dim when the caller gives them (a
+        CollectionRecord, or the `dim` of the vectors it writes). NotFound, nothing written, when it was deleted
+        (or deleted and created again under its name) since. With a `fingerprint`, check it against the
+        collection's (recording it if this is the collection's first embedder-made write)."""
+        cid = col.id if isinstance(col, CollectionRecord) else int(col)
+        where = [CollectionRow.id == cid]
+        if isinstance(col, CollectionRecord):
+            where += [CollectionRow.name == col.name, CollectionRow.dim == col.dim]
+        if dim is not None:
+            where.append(CollectionRow.dim == dim)
+        # A no-op UPDATE as the transaction's first statement: on SQLite it takes the database's write lock before
+        # anything is read (the driver begins a transaction at the first write, so a SELECT first would read
+        # outside it), on PostgreSQL the row's lock. What is read below then holds until the commit.
+        if conn.execute(update(CollectionRow).where(*where).values(seq=CollectionRow.seq)).rowcount != 1:
+            what = repr(col.name) if isinstance(col, CollectionRecord) else f"with id {cid}"
+            raise NotFound(f"collection {what} was deleted (or deleted and created again) while this write was "
+                           "in flight; nothing was written: look the collection up again before retrying")
+        row = conn.execute(select(CollectionRow.seq, CollectionRow.next_iid, CollectionRow.embedder_fingerprint,
+                                  CollectionRow.name).where(CollectionRow.id == cid)).one()
         if fingerprint and row.embedder_fingerprint != fingerprint:
             if row.embedder_fingerprint:
                 raise FailedPrecondition(
@@ -137,12 +156,14 @@ class Store:
             conn.execute(delete(ItemRow).where(ItemRow.collection_id == cid,
                                                ItemRow.iid.in_(list(iids[i:i + CHUNK]))))
 
-    def upsert(self, cid: int, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict],
-               hashes: Sequence[str], fingerprint: str = "") -> WriteResult:
-        """Replace-or-insert `ids` with (n, d) float32 `vectors` in one transaction."""
+    def upsert(self, col: "int | CollectionRecord", ids: Sequence[str], vectors: np.ndarray,
+               metadata: Sequence[dict], hashes: Sequence[str], fingerprint: str = "") -> WriteResult:
+        """Replace-or-insert `ids` with (n, d) float32 `vectors` in one transaction, into the collection `col`
+        (its id, or its record: see _lock_collection) if it still is the one of that id and of dim d."""
         n = len(ids)
+        cid = col.id if isinstance(col, CollectionRecord) else int(col)
         with self.engine.begin() as conn:
-            seq, next_iid = self._lock_collection(conn, cid, fingerprint)
+            seq, next_iid = self._lock_collection(conn, col, vectors.shape[1], fingerprint)
             seq += 1
             old = self._existing(conn, cid, ids)
             removed = np.fromiter(old.values(), dtype=np.int64, count=len(old))
@@ -159,9 +180,11 @@ class Store:
                          .values(seq=seq, next_iid=next_iid + n))
         return WriteResult(seq, added, removed)
 
-    def delete(self, cid: int, ids: Sequence[str], ignore_missing: bool) -> WriteResult:
+    def delete(self, col: "int | CollectionRecord", ids: Sequence[str], ignore_missing: bool) -> WriteResult:
+        """Delete `ids` in one transaction from the collection `col` (its id or its record: see _lock_collection)."""
+        cid = col.id if isinstance(col, CollectionRecord) else int(col)
         with self.engine.begin() as conn:
-            seq, _ = self._lock_collection(conn, cid)
+            seq, _ = self._lock_collection(conn, col)
             old = self._existing(conn, cid, ids)
             missing = [i for i in ids if i not in old]
             if missing and not ignore_missing:
@@ -236,8 +259,8 @@ class Store:
                 for iid, blob in rows:
                     blobs[pos[iid]] = blob
         found = np.array([b is not None for b in blobs], dtype=bool)
-        x = unpack_floats(b"".join(b for b in blobs if b is not None)).reshape(-1, dim).copy()
-        return found, x
+        kept = [b for b in blobs if b is not None]
+        return found, _matrix(cid, dim, np.asarray(iids, dtype=np.int64)[found], kept).copy()
 
     def iter_vectors(self, cid: int, dim: int, batch: int = 20000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every live vector in internal-id order, in batches of ((b,) int64 iids, (b, dim) float32)."""
@@ -249,8 +272,7 @@ class Store:
             if not rows:
                 return
             iids = np.array([r[0] for r in rows], dtype=np.int64)
-            x = unpack_floats(b"".join(r[1] for r in rows)).reshape(len(rows), dim)
-            yield iids, x
+            yield iids, _matrix(cid, dim, iids, [r[1] for r in rows])
             last = int(iids[-1])
 
     def metadata(self, cid: int, iids: Sequence[int]) -> dict[int, dict]:
@@ -261,3 +283,15 @@ class Store:
                     ItemRow.collection_id == cid, ItemRow.iid.in_([int(v) for v in iids[i:i + CHUNK]])))
                 out.update({r[0]: r[1] for r in rows})
         return out
+
+
+def _matrix(cid: int, dim: int, iids: np.ndarray, blobs: list[bytes]) -> np.ndarray:
+    """(len(blobs), dim) float32 from packed vectors, each checked to be one of `dim` floats: a damaged row must
+    fail with its name, not shift every vector after it (or fail later as a reshape)."""
+    bad = [j for j, b in enumerate(blobs) if len(b) != 4 * dim]
+    if bad:
+        j = bad[0]
+        raise Internal(f"the stored data of collection id {cid} is damaged: {len(bad)} vector(s) of the wrong size, "
+                       f"first internal id {int(iids[j])} with {len(blobs[j])} bytes for dim {dim} "
+                       f"({4 * dim} bytes)")
+    return unpack_floats(b"".join(blobs)).reshape(len(blobs), dim)

@@ -20,7 +20,10 @@ class Base(DeclarativeBase):
 
 
 class CollectionRow(Base):
+    """One collection. Its id is never reused (SQLite AUTOINCREMENT, revision 0003; a PostgreSQL sequence): a write
+    or a snapshot file that names an id names that collection only, never a later one of the same name."""
     __tablename__ = "collections"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)

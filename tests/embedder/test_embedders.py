@@ -1,9 +1,12 @@
 """The embedder registry: documented dims, determinism, two extraction routes agreeing, offline weights, and the
 bf16 path agreeing with fp32.
 
-Whether bf16 autocast runs by default depends on the CPU (`bf16_default`); the numeric tests force each path with
-SIMDEX_BF16 (0: fp32, compared exactly; 1: bf16, compared with bf16's tolerance), so both run on every CPU."""
+Whether bf16 autocast runs by default depends on the CPU and on the embedder's measured recall (`bf16_default`,
+registry.BF16_RECALL_AT_10); the numeric tests force each path with SIMDEX_BF16 (0: fp32, compared exactly; 1: bf16,
+compared with bf16's tolerance), so both run on every CPU."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -105,7 +108,7 @@ def _nearest(x: np.ndarray) -> np.ndarray:
 
 
 def test_bf16_forward_agrees_with_fp32(monkeypatch):
-    """bf16 autocast (the default on CPUs with AMX / AVX512-BF16) forced on, against fp32 forced on: per-row
+    """bf16 autocast (the VGG embedders' default on CPUs with AMX / AVX512-BF16) forced on, against fp32: per-row
     cosine similarity >= 0.999 and the same nearest neighbours. bf16 keeps 8 bits of mantissa, so single values
     move by up to a few percent (0.012 absolute measured on DenseNet-121 features): an elementwise fp32 tolerance
     does not fit it, directions and rankings do."""
@@ -114,13 +117,33 @@ def test_bf16_forward_agrees_with_fp32(monkeypatch):
     fp32 = registry.load("densenet121-random", device="cpu")
     monkeypatch.setenv("SIMDEX_BF16", "1")
     bf16 = registry.load("densenet121-random", device="cpu")
-    assert not fp32.bf16 and bf16.bf16 and bf16.fingerprint == fp32.fingerprint  # same weights, other arithmetic
+    assert not fp32.bf16 and bf16.bf16 and bf16.weights_fingerprint == fp32.weights_fingerprint  # same weights
+    assert fp32.fingerprint == fp32.weights_fingerprint and bf16.fingerprint == fp32.fingerprint + ":bf16"
     x32, x16 = fp32.embed_images(images), bf16.embed_images(images)
     assert x16.dtype == np.float32 and x16.shape == x32.shape
     cos = (_unit(x32) * _unit(x16)).sum(axis=1)
     assert cos.min() >= 0.999, cos
     np.testing.assert_array_equal(_nearest(x32), (np.arange(8) + 4) % 8)  # the data's own answer
     np.testing.assert_array_equal(_nearest(x16), _nearest(x32))
+
+
+def test_bf16_is_the_default_only_where_it_was_measured_to_keep_recall(monkeypatch):
+    """bench/bf16.py measured recall@10 of bf16 against fp32 >= 0.99 for the VGG layers, not for DenseNet-121
+    (0.989 cosine): on a bf16 CPU the first run bf16 by default, the second fp32; SIMDEX_BF16 overrides both."""
+    from simdex.embedder import torchvision_common as tc
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("SIMDEX_BF16", raising=False)
+    assert min(registry.BF16_RECALL_AT_10["vgg16-fc6"]) >= 0.99 > min(registry.BF16_RECALL_AT_10["densenet121"])
+    for has in (True, False):
+        monkeypatch.setattr(tc, "cpu_has_bf16", lambda has=has: has)
+        assert [tc.bf16_default(cpu, registry.spec(n).bf16) for n in ("vgg16-fc6", "vgg16-fc7-random",
+                                                                      "densenet121", "densenet121-random")] == [
+            has, has, False, False]
+    monkeypatch.setenv("SIMDEX_BF16", "1")
+    assert tc.bf16_default(cpu, False) and not tc.bf16_default(torch.device("cuda"), True)
+    monkeypatch.setenv("SIMDEX_BF16", "0")
+    assert not tc.bf16_default(cpu, True)
 
 
 def test_missing_weights_names_the_file_and_where(tmp_path, monkeypatch):
@@ -148,3 +171,78 @@ def test_unknown_embedder_names_the_known_ones():
 
     with pytest.raises(InvalidArgument, match="vgg16-fc6"):
         registry.spec("resnet-9000")
+
+
+def test_list_embedders_names_weights_files_without_server_paths(server, remote, tmp_path, monkeypatch, caplog,
+                                                                capsys):
+    """Over the API a weights file is its name and whether the server has it; its folder (the hub cache under the
+    server's home, the install folder of the shipped model) is nowhere in an answer or an error. The server's log
+    and the local `simdex embedders` (no --target) show the full paths."""
+    from simdex.cli.main import main
+    from simdex.errors import FailedPrecondition
+
+    home = tmp_path / "home-of-the-server-user"
+    hub = home / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "vgg16-397923af.pth").write_bytes(b"")  # present: listing looks for the file, loads nothing
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    infos = {e.name: e for e in remote.list_embedders()}
+    assert (infos["vgg16-fc6"].weights_file, infos["vgg16-fc6"].weights_present) == ("vgg16-397923af.pth", True)
+    assert (infos["densenet121"].weights_file, infos["densenet121"].weights_present) == (
+        "densenet121-a639ec97.pth", False)
+    assert (infos["seq2seq-encoder"].weights_file, infos["seq2seq-encoder"].weights_present) == (
+        "questions-fr-en.pt", True)
+    assert infos["vgg16-fc6-random"].weights_file == ""
+    assert all("/" not in e.weights_file and "\\" not in e.weights_file for e in infos.values())
+
+    caplog.set_level("WARNING", logger="simdex.service.embedding")
+    with pytest.raises(FailedPrecondition) as e:
+        remote.create_collection("x", 0, embedder="densenet121")
+    assert "densenet121-a639ec97.pth" in e.value.message and "the server's weights folder" in e.value.message
+    assert str(tmp_path) not in e.value.message
+    assert any(str(hub) in r.getMessage() for r in caplog.records)  # the operator still sees where
+
+    assert main(["embedders", "--json"]) == 0  # local: the operator's own view, full paths
+    local = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert local["vgg16-fc6"]["weights_file"] == str(hub / "vgg16-397923af.pth")
+    assert main(["embedders", "--json", "--target", server.target]) == 0
+    over = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert over["vgg16-fc6"]["weights_file"] == "vgg16-397923af.pth" and str(tmp_path) not in json.dumps(over)
+
+
+def test_a_collection_keeps_one_numeric_path(tmp_path, monkeypatch):
+    """A collection filled on the fp32 path records the bare weights fingerprint; the same weights on the bf16 path
+    are another fingerprint, so a server now running bf16 refuses its raw queries and raw upserts (naming both
+    paths and how to serve the original one) instead of mixing the two arithmetics in one index."""
+    import io
+
+    from PIL import Image
+
+    from simdex.errors import FailedPrecondition
+    from simdex.service.facade import Simdex
+
+    def png(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return buf.getvalue()
+
+    images = [png(im) for im in IMAGES[:2]]
+    monkeypatch.setenv("SIMDEX_BF16", "0")
+    s = Simdex(tmp_path / "data", snapshot_interval=0)
+    try:
+        s.create_collection("c", 0, metric="cosine", embedder="densenet121-random")
+        s.upsert("c", ["a", "b"], images=images)
+        fp32 = s.get_collection("c").embedder_fingerprint
+    finally:
+        s.close()
+    assert fp32.startswith("sha256:") and not fp32.endswith(":bf16")
+    monkeypatch.setenv("SIMDEX_BF16", "1")
+    s = Simdex(tmp_path / "data", snapshot_interval=0)
+    try:
+        with pytest.raises(FailedPrecondition, match="fp32 path.*bf16 path.*SIMDEX_BF16"):
+            s.search("c", images=images[:1], k=1)
+        with pytest.raises(FailedPrecondition, match=":bf16"):
+            s.upsert("c", ["c"], images=images[:1])
+        assert s.count("c") == 2 and s.get_collection("c").embedder_fingerprint == fp32
+    finally:
+        s.close()

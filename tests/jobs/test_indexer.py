@@ -266,9 +266,10 @@ class _FakeService:
 
     in_process, embedder_pool = False, None
 
-    def __init__(self):
+    def __init__(self, budget: int | None = None):
         self.items: dict[str, bytes] = {}
         self.calls: list[list[str]] = []
+        self.budget = budget  # bytes one request may decode, like --max-decoded-mpixels (None: no budget)
 
     def get_collection(self, name):
         from types import SimpleNamespace
@@ -279,10 +280,14 @@ class _FakeService:
         return []
 
     def upsert(self, collection, ids, vectors=None, metadata=None, content_hashes=None, *, images=None, **kw):
-        from simdex.errors import InvalidArgument
+        from simdex.errors import InvalidArgument, ResourceExhausted
 
         self.calls.append(list(ids))
+        total = 0
         for i, b in enumerate(images):
+            total += len(b)
+            if self.budget is not None and total > self.budget:
+                raise ResourceExhausted(f"images[{i}]: decoded size {total} is over the server's limit", item=i)
             if b.startswith(b"whole"):
                 raise InvalidArgument("embedder is not ready (a request-level error)")
             if b.startswith(b"bad"):
@@ -291,14 +296,14 @@ class _FakeService:
         return len(ids)
 
 
-def _fake_run(tmp_path, contents: dict[str, bytes]):
+def _fake_run(tmp_path, contents: dict[str, bytes], budget: int | None = None):
     from simdex.jobs.indexer import Indexer, IndexOptions
 
     root = tmp_path / "files"
     root.mkdir()
     for name, data in contents.items():
         (root / name).write_bytes(data)
-    fake = _FakeService()
+    fake = _FakeService(budget)
     opts = IndexOptions("c", embedder=EMB, remote_embed=True, chunk_size=8, inflight=1, progress=False,
                         errors_file=str(tmp_path / "errors.jsonl"))
     return fake, Indexer(fake, opts, on_error=lambda row: None), root
@@ -326,3 +331,18 @@ def test_remote_embed_stops_on_an_error_about_the_whole_request(tmp_path):
     with pytest.raises(InvalidArgument, match="request-level"):
         job.run(root)
     assert fake.items == {} and len(fake.calls) == 1  # not retried file by file
+
+
+def test_remote_embed_splits_a_chunk_at_the_input_that_reaches_a_server_budget(tmp_path):
+    names = [f"f{i}.png" for i in range(6)]
+    contents = {n: png(0) for n in names}  # equal sizes: the budget holds two files and a half
+    contents["f5.png"] = png(0) + b"\0" * 10_000  # over the budget on its own: the only file that fails
+    size = len(contents["f0.png"])
+    fake, job, root = _fake_run(tmp_path, contents, budget=2 * size + size // 2)
+    s = job.run(root)
+    assert (s.indexed, s.failed) == (5, 1)
+    assert sorted(fake.items) == names[:5]
+    # split at the input that reached the budget: the inputs before it alone, then on from that input
+    assert fake.calls == [names, names[:2], names[2:], names[2:4], names[4:], names[4:5], names[5:]]
+    report = [json.loads(x) for x in (tmp_path / "errors.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in report] == ["f5.png"] and "limit" in report[0]["reason"]

@@ -133,3 +133,17 @@ def test_errors_keep_their_item_across_the_wire():
     whole = convert.error_from_status("NOT_FOUND", "collection 'x' not found", convert.error_metadata(NotFound("x")))
     assert type(whole) is NotFound and whole.item is None
     assert convert.error_from_status("INVALID_ARGUMENT", "m", [("simdex-item", "junk")]).item is None
+
+
+def test_metadata_texts_and_the_search_answers_least_size():
+    shared = {"name": "é" * 3, "n": 1}
+    hits = [convert.QueryHits(["a", "bb"], np.array([0.5, 0.25], np.float32), "tok"),
+            convert.QueryHits([], np.zeros(0, np.float32))]
+    texts = convert.metadata_texts([[shared, shared], []])
+    assert texts == [['{"name": "ééé", "n": 1}'] * 2, []] and texts[0][0] is texts[0][1]  # one dump per dict
+    assert convert.metadata_texts(None) is None
+    for t in (texts, None):
+        resp = convert.search_response_to_pb(hits, t)
+        assert convert.search_response_min_bytes(hits, t) <= resp.ByteSize()
+    back, metas = convert.search_response_from_pb(convert.search_response_to_pb(hits, texts), True)
+    assert metas == [[shared, shared], []]

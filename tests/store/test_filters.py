@@ -134,3 +134,83 @@ BAD = [
 def test_malformed_filters_are_invalid_argument_naming_the_problem(text):
     with pytest.raises(InvalidArgument, match="filter"):
         filters.parse(text)
+
+
+# ---- exact integers (class 5), $in at its documented maximum, values the store cannot hold (class 4) ----------
+BIG = 2 ** 53  # the first integer a float64 cannot tell from its neighbour
+EXACT_VALUES = [BIG, BIG + 1, float(BIG), 2 ** 63 - 1, -(2 ** 63), 2 ** 63 - 2, 3, 3.0, 2.5]
+
+
+@pytest.fixture
+def exact(service):
+    service.create_collection("e", 4)
+    x = np.ones((len(EXACT_VALUES), 4), np.float32)
+    service.upsert("e", [f"e{i}" for i in range(len(EXACT_VALUES))], x, [json.dumps({"a": v}) for v in EXACT_VALUES])
+    return service
+
+
+EXACT_SPECS = [
+    {"a": BIG + 1}, {"a": BIG}, {"a": 2 ** 63 - 1}, {"a": -(2 ** 63)}, {"a": 3}, {"a": float(BIG)},
+    {"a": {"$in": [BIG + 1, 2 ** 63 - 2]}}, {"a": {"$ne": BIG + 1}}, {"a": {"$gt": BIG}}, {"a": {"$gte": BIG + 1}},
+    {"a": {"$lt": 2 ** 63 - 1}}, {"a": {"$lte": -(2 ** 63)}}, {"a": {"$gt": 2.5, "$lt": BIG}},
+]
+
+
+@pytest.mark.parametrize("spec", EXACT_SPECS, ids=[json.dumps(s) for s in EXACT_SPECS])
+def test_integer_filters_compare_exactly_not_as_floats(exact, spec):
+    want = sum(matches({"a": v}, spec) for v in EXACT_VALUES)
+    assert exact.count("e", json.dumps(spec)) == want
+
+
+def test_one_integer_matches_only_itself_beyond_float_precision(exact):
+    assert [h.ids for h in exact.search("e", np.ones((1, 4), np.float32), 10,
+                                        filter={"a": BIG + 1})[0]] == [["e1"]]
+
+
+def test_in_lists_work_up_to_the_documented_maximum_on_every_database(filled):
+    service, _, metas = filled
+    values = list(range(filters.MAX_IN - 8)) + ["CT", "MR", "", 0.5, 40.5, True, False, None]
+    for field in ("age", "modality", "flag"):
+        spec = {field: {"$in": values}}
+        assert service.count("f", json.dumps(spec)) == sum(matches(m, spec) for m in metas), field
+    hits, _ = service.search("f", np.ones((1, 8), np.float32), 5, filter={"age": {"$in": values}})
+    assert len(hits[0].ids) == 5
+    with pytest.raises(InvalidArgument, match=f"at most {filters.MAX_IN}"):
+        filters.parse({"age": {"$in": values + [1]}})
+
+
+UNSTORABLE = [
+    ('{"a": ' + "1" * 401 + "}", "64-bit"),
+    ('{"a": {"$gt": 9223372036854775808}}', "64-bit"),
+    ('{"a": {"$in": [1, -9223372036854775809]}}', "64-bit"),
+    ('{"a": 1e400}', "non-finite"),
+    ('{"a": "x\\u0000"}', "NUL"),
+    ('{"a": {"$in": ["\\ud800"]}}', "surrogate"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"a\\n": 1}', "field name"),
+    ('{"\\n": 1}', "field name"),
+]
+
+
+@pytest.mark.parametrize("text,problem", UNSTORABLE, ids=[p for _, p in UNSTORABLE])
+def test_filters_on_values_the_store_cannot_hold_are_invalid_argument(service, text, problem):
+    service.create_collection("u", 4)
+    with pytest.raises(InvalidArgument, match=problem):
+        service.count("u", text)
+
+
+def test_field_names_must_match_whole_even_through_re_match():
+    assert filters.FIELD_RE.match("age\n") is None  # service/heads.py checks label_field with .match
+    assert filters.FIELD_RE.match("age") and filters.FIELD_RE.fullmatch("a-b_c")
+
+
+def test_one_stored_out_of_range_value_never_breaks_queries_of_the_collection(service):
+    """Written past the gates (as a store from before them could hold): numeric filters on the field keep working."""
+    service.create_collection("o", 4)
+    service.upsert("o", ["a", "b"], np.ones((2, 4), np.float32), ['{"v": 1}', '{"v": 5}'])
+    cid = service.collections.get("o").info.id
+    service.store.upsert(cid, ["huge"], np.ones((1, 4), np.float32), [{"v": 10 ** 400}], ["h"])
+    assert service.count("o", {"v": {"$gt": 2}}) == 2
+    assert service.count("o", {"v": {"$lt": 2}}) == 1
+    assert service.count("o", {"v": 5}) == 1
+    assert service.count("o", {"v": {"$in": [1, 5]}}) == 2

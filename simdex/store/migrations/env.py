@@ -10,6 +10,9 @@ if connection is None:  # `alembic` CLI use: build an engine from the configured
 
     engine = make_engine(config.get_main_option("sqlalchemy.url"))
     connection = engine.connect()
+    if connection.dialect.name == "sqlite":  # outside any transaction, or SQLite ignores it (see revision 0003)
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()
 
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
 with context.begin_transaction():

@@ -1,0 +1,111 @@
+"""Whether a call may still commit: the end of a client stream told apart from its cancellation, and the gate that
+a graceful stop closes before it cancels the calls still in flight.
+
+gRPC's server-side request iterator does not always raise when a call is cancelled: the pending read completes
+empty, exactly as when the client half-closes, and the iterator just ends if it learns of the cancellation only
+afterwards. A servicer that then commits what it received stores part of a stream nobody will acknowledge. So a
+write asks the gate right before its commit, under the lock the commit takes (`simdex.service.collection`): the
+call must still be active, before its deadline, and the server not past its grace period.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+
+import grpc
+
+from simdex.errors import DeadlineExceeded, SimdexError, Unavailable
+
+LOG = logging.getLogger(__name__)
+
+
+class Cancelled(SimdexError):
+    """The client cancelled the call (or went away): nothing of it was committed, and nobody reads the answer."""
+
+    code = "CANCELLED"
+
+
+def check_alive(context, what: str) -> None:
+    """Raise unless the call can still be answered: Cancelled, or DeadlineExceeded once its deadline passed."""
+    if not context.is_active():
+        raise Cancelled(f"{what}: the call was cancelled; nothing of it was stored")
+    if context.time_remaining() <= 0:
+        raise DeadlineExceeded(f"{what}: the call's deadline passed before the commit; nothing of it was stored")
+
+
+def client_stream(messages, context, what: str):
+    """The messages of a client stream, ending only on the client's half-close: a cancellation (gRPC raises
+    RpcError, or the iterator ends early) or a passed deadline raises Cancelled / DeadlineExceeded."""
+    try:
+        yield from messages
+        # An empty read completes the same way on a half-close and on a cancellation; the cancellation's own
+        # event is queued with it. One more read goes through the completion queue after that event, so that
+        # is_active() below has seen it (a half-closed stream answers this read at once, empty again).
+        next(messages, None)
+    except grpc.RpcError:
+        raise Cancelled(f"{what}: the call was cancelled mid-stream; nothing of it was stored") from None
+    check_alive(context, what)
+
+
+class CommitGate:
+    """Admits the commits of live calls until `close()`, and lets close() wait for the commits it admitted.
+
+    `guard(context, what)` is the commit guard a servicer installs for a write (see
+    `simdex.service.collection.commit_guard`): a context manager entered right before the commit, under the
+    collection's write lock, that raises instead when the call is gone or the gate is closed."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._closed = False
+        self._active = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def guard(self, context, what: str):
+        @contextmanager
+        def window():
+            with self._cond:
+                if self._closed:
+                    raise Unavailable(f"{what}: the server is shutting down; nothing of this call was stored, "
+                                      "retry it on the restarted server")
+                check_alive(context, what)
+                self._active += 1
+            try:
+                yield
+            finally:
+                with self._cond:
+                    self._active -= 1
+                    self._cond.notify_all()
+
+        return window
+
+    def close(self, timeout: float = 60.0) -> int:
+        """Admit no commit from now on; wait (up to `timeout` s) for those in progress. Returns how many there
+        were when it closed."""
+        with self._cond:
+            self._closed = True
+            busy = self._active
+            deadline = time.monotonic() + timeout
+            while self._active and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            if self._active:
+                LOG.warning("%d commits still running %.0f s after the stop's grace period", self._active, timeout)
+        return busy
+
+
+def graceful_stop(server, gate: CommitGate, grace: float) -> None:
+    """Stop `server`: refuse new calls at once, let those in flight finish for `grace` seconds, then close the
+    gate (no commit starts after this, the commits in progress end) and cancel every call still open."""
+    drained = server.stop(grace=grace + 3600)  # starts the drain; the hard stop below comes first
+    if drained.wait(grace):
+        gate.close()
+        return
+    busy = gate.close()
+    if busy:  # their answers are on their way: a moment to send them before the calls are cut
+        drained.wait(1.0)
+    LOG.info("grace period of %.1f s over: cancelling the calls still open (nothing of them is stored)", grace)
+    server.stop(grace=None).wait()

@@ -1,0 +1,141 @@
+"""A write commits only while its call is alive (simdex.server.calls): a cancelled or expired Upsert stream, or
+one the server's stop cut off, stores nothing, and its end is logged as such, not as an internal error."""
+import logging
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import InProcessServer
+from simdex.errors import DeadlineExceeded, Unavailable
+from simdex.proto import simdex_pb2 as pb
+from simdex.proto import simdex_pb2_grpc as pb_grpc
+from simdex.server.calls import Cancelled, CommitGate, client_stream
+
+DIM = 4
+
+
+class FakeContext:
+    def __init__(self, active=True, remaining=60.0):
+        self.active, self.remaining = active, remaining
+
+    def is_active(self):
+        return self.active
+
+    def time_remaining(self):
+        return self.remaining
+
+
+def part(tag: str, n: int = 20) -> pb.UpsertRequest:
+    x = np.ones((n, DIM), dtype="<f4")
+    return pb.UpsertRequest(collection="c", ids=[f"{tag}-{i}" for i in range(n)],
+                            vectors=pb.Matrix(data=x.tobytes(), shape=[n, DIM]))
+
+
+@pytest.fixture
+def gated(tmp_path):
+    gate = CommitGate()
+    srv = InProcessServer(tmp_path / "srv", gate=gate)
+    srv.service.create_collection("c", DIM)
+    channel = grpc.insecure_channel(srv.target)
+    yield srv, gate, pb_grpc.SimdexStub(channel)
+    channel.close()
+    srv.stop()
+
+
+def test_a_stream_whose_iterator_ends_on_a_cancelled_call_is_an_error():
+    # gRPC's iterator may simply stop when the call is cancelled: that end must not read as the client's half-close
+    with pytest.raises(Cancelled):
+        list(client_stream(iter([1, 2]), FakeContext(active=False), "Upsert"))
+    with pytest.raises(DeadlineExceeded):
+        list(client_stream(iter([1]), FakeContext(remaining=0), "Upsert"))
+    assert list(client_stream(iter([1, 2]), FakeContext(), "Upsert")) == [1, 2]
+
+
+def test_the_request_iterators_rpc_error_is_a_cancellation():
+    def raising():
+        yield 1
+        raise grpc.RpcError()
+
+    with pytest.raises(Cancelled, match="cancelled mid-stream"):
+        list(client_stream(raising(), FakeContext(), "Upsert"))
+
+
+def test_a_closed_gate_admits_no_commit_and_close_waits_for_those_in_progress():
+    gate = CommitGate()
+    inside, leave = threading.Event(), threading.Event()
+
+    def commit():
+        with gate.guard(FakeContext(), "Upsert")():
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=commit)
+    t.start()
+    inside.wait(10)
+    closed = threading.Thread(target=gate.close)
+    closed.start()
+    closed.join(0.2)
+    assert closed.is_alive(), "close() returned while a commit it admitted was still running"
+    leave.set()
+    closed.join(10)
+    t.join(10)
+    assert not closed.is_alive()
+    with pytest.raises(Unavailable, match="shutting down"):
+        with gate.guard(FakeContext(), "Upsert")():
+            pass
+    with pytest.raises(Cancelled):
+        with CommitGate().guard(FakeContext(active=False), "Upsert")():
+            pass
+
+
+def test_writes_after_the_gate_closed_store_nothing(gated):
+    srv, gate, stub = gated
+    stub.Upsert(iter([part("a")]))
+    gate.close()
+    for call in (lambda: stub.Upsert(iter([part("b")])),
+                 lambda: stub.Delete(pb.DeleteRequest(collection="c", ids=["a-0"]))):
+        with pytest.raises(grpc.RpcError) as exc:
+            call()
+        assert exc.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in exc.value.details()
+    assert srv.service.count("c") == 20
+
+
+def held_open(parts: int, release: threading.Event, tag: str):
+    for j in range(parts):
+        yield part(f"{tag}-{j}")
+    release.wait(10)
+
+
+def test_cancelled_streams_store_nothing_and_are_logged_as_cancelled(gated, caplog):
+    srv, _, stub = gated
+    release = threading.Event()
+    with caplog.at_level(logging.INFO, logger="simdex.server"):
+        calls = [stub.Upsert.future(held_open(3, release, f"s{s}")) for s in range(6)]
+        time.sleep(0.5)  # the messages reach the server
+        for f in calls:
+            f.cancel()
+        release.set()
+        for f in calls:
+            with pytest.raises(grpc.FutureCancelledError):
+                f.result(timeout=10)
+        time.sleep(0.5)  # the handlers see the cancellation and return
+    assert srv.service.count("c") == 0
+    assert "internal error" not in caplog.text
+    assert "cancelled" in caplog.text
+
+
+def test_a_stream_past_its_deadline_stores_nothing(gated):
+    srv, _, stub = gated
+    release = threading.Event()
+    calls = [stub.Upsert.future(held_open(2, release, f"d{s}"), timeout=0.5) for s in range(10)]
+    time.sleep(1.0)
+    release.set()
+    for f in calls:
+        with pytest.raises(grpc.RpcError) as exc:
+            f.result(timeout=10)
+        assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(0.5)
+    assert srv.service.count("c") == 0
