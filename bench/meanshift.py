@@ -1,20 +1,22 @@
 #!/usr/bin/env python
 """simdex MeanShift against scikit-learn's MeanShift: wall time, speed-up and agreement (ARI). A benchmark, not a test.
 
-    .venv/bin/python bench/meanshift.py                               # full run (see the table for its duration)
-    .venv/bin/python bench/meanshift.py --n 5000 --n-large 100000 --n-hd 5000 --sklearn-timeout 30   # quick run
+    .venv/bin/python bench/meanshift.py                          # 2-d, 8-d, 16-d at 50k and 200k points (~3 min)
+    .venv/bin/python bench/meanshift.py --n 20000 --dims 2,16    # a quick run
+    .venv/bin/python bench/meanshift.py --large                  # also simdex alone at 1M x 16-d, 100k x 4096-d
 
-One run, seeded data (make_blobs, float32), the SAME explicit bandwidth for both libraries (bandwidth estimation is
-not timed). Tables:
- (a) 50,000 points in 2-d and 16-d: scikit-learn `MeanShift(bandwidth=bw, n_jobs=2)` with its default seeding
-     (every point a seed) and with `bin_seeding=True`, then simdex `MeanShift(bandwidth=bw)` (1,000 sampled seeds,
-     FAISS on the CPU). scikit-learn's cost is linear in its number of seeds (each seed climbs on its own), so a run
-     whose predicted time exceeds --sklearn-timeout is NOT run in full: it is timed with 250 and 1,000 of its seeds
-     (evenly spaced over its seed list), a line a + b * seeds is fitted and evaluated at the full seed count; the
-     table says "extrapolated". ARI is against scikit-learn's labels from its largest completed run of the default
-     mode (the full one, or the one seeded with 1,000 points when extrapolated: its modes and labels, not its time).
- (b) simdex alone at 1,000,000 x 16-d and 100,000 x 4096-d (ARI against the generating blobs).
- (c) the targets, each with met? A GPU column appears only when faiss or torch sees a GPU.
+One run, seeded data (8 blobs of std 1, centres uniform in [-20, 20]^d, float32), the SAME explicit bandwidth for
+both libraries (bandwidth estimation is not timed), both on the same threads (n_jobs, default 2). Per (n, d):
+  - scikit-learn default (every point a seed): its cost is linear in its number of seeds (each seed climbs on its
+    own), so it is timed with 200 and 800 of its seeds (evenly spaced over X), a line a + b * seeds is fitted and,
+    when the full run would take longer than --sklearn-timeout, evaluated at n seeds: "extrapolated";
+  - scikit-learn bin_seeding=True: run in full when the same line predicts it within --sklearn-timeout, else
+    extrapolated from that line at its number of bin seeds;
+  - simdex MeanShift(bandwidth=bw, n_jobs) (max_seeds=1000 sampled seeds; the kd-tree neighbour search), measured,
+    and again with n_jobs=1 (in parentheses: on a loaded 2-core machine one thread can be the faster).
+ARI is against scikit-learn's default labels from its 800-seed run (its modes; every point labelled by the nearest,
+as the full run does). The targets table says, per row, whether simdex is >= 20x scikit-learn's default, faster
+than its bin_seeding=True, and at ARI >= 0.99. A GPU column appears when faiss or torch sees a GPU.
 """
 from __future__ import annotations
 
@@ -23,18 +25,21 @@ from simdex.defaults import quiet_openmp
 quiet_openmp()  # before faiss (or any OpenMP) loads: idle threads sleep instead of spinning
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+import sklearn  # noqa: E402
 from sklearn import cluster as skc  # noqa: E402
 from sklearn.datasets import make_blobs  # noqa: E402
 from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
-from simdex.index.backend import NCPU, gpu_available  # noqa: E402
 from simdex.estimators.meanshift import MeanShift, _torch_cuda, get_bin_seeds  # noqa: E402
+from simdex.index.backend import NCPU, gpu_available  # noqa: E402
 
-BANDWIDTH = {2: 2.0, 16: 6.0, 4096: 100.0}  # clusters have std 1: the kernel covers a cluster's core
+BANDWIDTH = {2: 2.0, 8: 4.0, 16: 6.0, 4096: 100.0}  # clusters have std 1: the kernel covers a cluster's core
+PROBE_SEEDS = (200, 800)
 
 
 def blobs(n: int, d: int, centers: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,109 +64,108 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
-def sklearn_run(X, bw, bin_seeding, timeout):
-    """(seconds, how, labels or None, n_clusters or None) of scikit-learn MeanShift(n_jobs=2)."""
-    seeds = get_bin_seeds(X, bw) if bin_seeding else X
-    full = dict(bandwidth=bw, bin_seeding=bin_seeding, n_jobs=2)
-    if len(seeds) <= 1000:
-        t, sk = timed(lambda: skc.MeanShift(**full).fit(X))
-        return t, f"measured ({len(seeds):,} seeds)", sk.labels_, len(sk.cluster_centers_)
-    pts = {}
-    for s in (250, 1000):
-        sub = seeds[np.linspace(0, len(seeds) - 1, s).astype(int)]
-        pts[s] = timed(lambda sub=sub: skc.MeanShift(bandwidth=bw, seeds=sub, n_jobs=2).fit(X))
-    b = (pts[1000][0] - pts[250][0]) / 750
-    a = pts[250][0] - 250 * b
-    predicted = a + b * len(seeds)
-    if predicted <= timeout:
-        t, sk = timed(lambda: skc.MeanShift(**full).fit(X))
-        return t, f"measured ({len(seeds):,} seeds)", sk.labels_, len(sk.cluster_centers_)
-    sk = pts[1000][1]
-    return (predicted, f"**extrapolated** from 250 and 1,000 of its {len(seeds):,} seeds "
-            f"({pts[250][0]:.1f} s, {pts[1000][0]:.1f} s)", sk.labels_, len(sk.cluster_centers_))
+def sklearn_runs(X, bw, n_jobs, timeout) -> dict:
+    """scikit-learn's default and bin_seeding=True on X: {mode: (seconds, how, labels or None)}."""
+    probes = {s: timed(lambda s=s: skc.MeanShift(bandwidth=bw, n_jobs=n_jobs,
+                                                 seeds=X[np.linspace(0, len(X) - 1, s).astype(int)]).fit(X))
+              for s in PROBE_SEEDS}
+    (s1, (t1, _)), (s2, (t2, ref)) = probes.items()
+    b = (t2 - t1) / (s2 - s1)
+    a = t1 - s1 * b
+    out = {}
+    for mode, seeds in (("default", len(X)), ("bin_seeding=True", len(get_bin_seeds(X, bw)))):
+        predicted = a + b * seeds
+        if predicted <= timeout:
+            t, sk = timed(lambda mode=mode: skc.MeanShift(bandwidth=bw, n_jobs=n_jobs,
+                                                          bin_seeding=mode != "default").fit(X))
+            out[mode] = (t, f"measured ({seeds:,} seeds)", sk.labels_)
+        else:
+            out[mode] = (predicted, f"**extrapolated** to {seeds:,} seeds from {s1} and {s2} of them "
+                                    f"({t1:.1f} s, {t2:.1f} s)", None)
+    out["reference"] = (t2, f"{s2} seeds", ref.labels_)
+    return out
 
 
-def compare_sklearn(args, gpu: bool) -> dict:
-    """(a): scikit-learn's MeanShift (default and bin_seeding) against simdex's on 2-d and 16-d blobs; per d
-    (sklearn default s, sklearn bin_seeding s, simdex s, ARI of simdex vs sklearn default)."""
+def compare(args, gpu: bool) -> list[dict]:
+    """The comparison table, one block of rows per (n, d); returns the numbers of each block."""
     gcol = " simdex GPU s |" if gpu else ""
-    print(f"## (a) {args.n:,} points: scikit-learn MeanShift(n_jobs=2) vs simdex MeanShift (CPU)\n")
-    print(f"| d | method | wall s | how | simdex speed-up | clusters | ARI vs sklearn default |{gcol}")
+    print(f"## scikit-learn MeanShift(n_jobs={args.n_jobs}) vs simdex MeanShift(n_jobs={args.n_jobs}, CPU)\n")
+    print(f"| n | d | method | wall s | how | simdex speed-up | clusters | ARI vs sklearn default |{gcol}")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
+    rows = []
+    for n in args.n:
+        for d in args.dims:
+            bw = BANDWIDTH[d]
+            X, _ = blobs(n, d, args.centers, seed=d)
+            sk = sklearn_runs(X, bw, args.n_jobs, args.sklearn_timeout)
+            t_ms, ms = timed(lambda X=X, bw=bw: MeanShift(bandwidth=bw, n_jobs=args.n_jobs, device="cpu").fit(X))
+            t_1 = timed(lambda X=X, bw=bw: MeanShift(bandwidth=bw, n_jobs=1, device="cpu").fit(X))[0]
+            t_g = timed(lambda X=X, bw=bw: MeanShift(bandwidth=bw, device="gpu").fit(X))[0] if gpu else None
+            ref = sk["reference"][2]
+            ari = adjusted_rand_score(ref, ms.labels_)
+            g = " |" if gpu else ""
+            for mode in ("default", "bin_seeding=True"):
+                t, how, labels = sk[mode]
+                agree = "1 (reference)" if mode == "default" else (
+                    f"{adjusted_rand_score(ref, labels):.4f}" if labels is not None else "-")
+                print(f"| {n:,} | {d} | sklearn {mode} | {t:.1f} | {how} | {t / t_ms:.1f}x | "
+                      f"{len(set(ref.tolist())) if mode == 'default' else '-'} | {agree} |{g}")
+            print(f"| {n:,} | {d} | simdex | {t_ms:.2f} | measured, {min(n, 1000):,} seeds, n_iter_={ms.n_iter_} "
+                  f"(n_jobs=1: {t_1:.2f} s) | 1x | {len(ms.cluster_centers_)} | {ari:.4f} |"
+                  + (f" {t_g:.2f} |" if gpu else ""))
+            rows.append(dict(n=n, d=d, t_def=sk["default"][0], t_bin=sk["bin_seeding=True"][0], t_ms=t_ms, ari=ari))
+    return rows
+
+
+def targets(rows: list[dict]) -> None:
+    print("\n## targets\n\n| n | d | >= 20x sklearn default | faster than bin_seeding=True | ARI >= 0.99 |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        up_def, up_bin = r["t_def"] / r["t_ms"], r["t_bin"] / r["t_ms"]
+        print(f"| {r['n']:,} | {r['d']} | {up_def:.0f}x {'yes' if up_def >= 20 else 'NO'} | {up_bin:.1f}x "
+              f"{'yes' if up_bin > 1 else 'NO'} | {r['ari']:.4f} {'yes' if r['ari'] >= 0.99 else 'NO'} |")
+
+
+def simdex_alone(args, gpu: bool) -> None:
+    """simdex on a large 16-d set and a high-dimensional one (ARI against the generating blobs)."""
+    gcol = " simdex GPU s |" if gpu else ""
+    print(f"\n## simdex alone\n\n| n | d | bandwidth | wall s | clusters | ARI vs blobs | n_iter_ |{gcol}")
     print("|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
-    results = {}
-    for d in (2, 16):
+    for n, d in ((1_000_000, 16), (100_000, 4096)):
         bw = BANDWIDTH[d]
-        X, _ = blobs(args.n, d, args.centers, seed=d)
-        t_def, how_def, ref, k_def = sklearn_run(X, bw, False, args.sklearn_timeout)
-        t_bin, how_bin, lab_bin, k_bin = sklearn_run(X, bw, True, args.sklearn_timeout)
-        t_ms, ms = timed(lambda bw=bw, X=X: _ms(bw, "cpu").fit(X))
-        t_g = timed(lambda bw=bw, X=X: _ms(bw, "gpu").fit(X))[0] if gpu else None
-        ari = adjusted_rand_score(ref, ms.labels_)
-        results[d] = (t_def, t_bin, t_ms, ari)
-        print(f"| {d} | sklearn default | {t_def:.1f} | {how_def} | {t_def / t_ms:.0f}x | {k_def} | 1 (reference) |"
-              + (" |" if gpu else ""))
-        print(f"| {d} | sklearn bin_seeding=True | {t_bin:.1f} | {how_bin} | {t_bin / t_ms:.1f}x | {k_bin} | "
-              f"{adjusted_rand_score(ref, lab_bin):.4f} |" + (" |" if gpu else ""))
-        print(f"| {d} | simdex (1,000 sampled seeds) | {t_ms:.2f} | measured, n_iter_={ms.n_iter_} | 1x | "
-              f"{len(ms.cluster_centers_)} | {ari:.4f} |" + (f" {t_g:.2f} |" if gpu else ""))
-    return results
-
-
-def simdex_alone(args, gpu: bool) -> dict:
-    """(b): simdex on the large 16-d set and the high-dimensional one; {(n, d): CPU seconds}."""
-    gcol = " simdex GPU s |" if gpu else ""
-    print(f"\n## (b) simdex alone\n\n| n | d | bandwidth | wall s | clusters | ARI vs blobs | n_iter_ |{gcol}")
-    print("|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
-    large = {}
-    for n, d in ((args.n_large, 16), (args.n_hd, args.dim_hd)):
-        bw = BANDWIDTH.get(d, BANDWIDTH[4096])
         X, y = blobs(n, d, 20, seed=d + 1)
-        t, ms = timed(lambda bw=bw, X=X: _ms(bw, "cpu").fit(X))
-        t_g = timed(lambda bw=bw, X=X: _ms(bw, "gpu").fit(X))[0] if gpu else None
-        large[(n, d)] = t
+        t, ms = timed(lambda bw=bw, X=X: MeanShift(bandwidth=bw, n_jobs=args.n_jobs, device="cpu").fit(X))
+        t_g = timed(lambda bw=bw, X=X: MeanShift(bandwidth=bw, device="gpu").fit(X))[0] if gpu else None
         print(f"| {n:,} | {d} | {bw} | {t:.1f} | {len(ms.cluster_centers_)} | "
               f"{adjusted_rand_score(y, ms.labels_):.4f} | {ms.n_iter_} |" + (f" {t_g:.2f} |" if gpu else ""))
         del X, y, ms
-    return large
-
-
-def targets(args, results: dict, large: dict) -> None:
-    """(c): each target with its value and whether it was met."""
-    print("\n## (c) targets\n\n| target | value | met? |\n|---|---|---|")
-    for d, (t_def, t_bin, t_ms, ari) in results.items():
-        print(f"| {d}-d: ARI vs sklearn >= 0.99 | {ari:.4f} | {'yes' if ari >= 0.99 else 'NO'} |")
-        print(f"| {d}-d: >= 20x faster than sklearn default | {t_def / t_ms:.0f}x | "
-              f"{'yes' if t_def / t_ms >= 20 else 'NO'} |")
-        print(f"| {d}-d: faster than sklearn bin_seeding=True | {t_bin / t_ms:.1f}x | "
-              f"{'yes' if t_bin > t_ms else 'NO'} |")
-    if (args.n_large, 16) in large:
-        t = large[(args.n_large, 16)]
-        print(f"| {args.n_large:,} x 16-d under 120 s | {t:.1f} s | {'yes' if t < 120 else 'NO'} |")
-
-
-def _ms(bw: float, device: str) -> MeanShift:
-    return MeanShift(bandwidth=bw, device=device)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=50_000, help="points in the scikit-learn comparison sets")
+    ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
+    ap.add_argument("--n", type=ints, default=[50_000, 200_000], help="points, comma-separated")
+    ap.add_argument("--dims", type=ints, default=[2, 8, 16], help="dimensions, comma-separated (2, 8, 16)")
     ap.add_argument("--centers", type=int, default=8)
-    ap.add_argument("--n-large", type=int, default=1_000_000, help="points of the 16-d simdex-only set")
-    ap.add_argument("--n-hd", type=int, default=100_000, help="points of the high-dimensional set")
-    ap.add_argument("--dim-hd", type=int, default=4096)
-    ap.add_argument("--sklearn-timeout", type=float, default=300.0,
+    ap.add_argument("--n-jobs", type=int, default=2, help="threads for both libraries")
+    ap.add_argument("--sklearn-timeout", type=float, default=30.0,
                     help="seconds: a scikit-learn run predicted longer than this is extrapolated, not run")
-    ap.add_argument("--skip-large", action="store_true", help="only the scikit-learn comparison")
+    ap.add_argument("--large", action="store_true", help="also simdex alone at 1M x 16-d and 100k x 4096-d")
     args = ap.parse_args()
 
     gpu = gpu_available() or _torch_cuda()
-    print(f"# simdex mean shift benchmark\n\nmachine: {platform.processor() or platform.machine()}, {NCPU} cores; "
-          f"GPU: {'yes' if gpu else 'no'}; data: make_blobs, {args.centers} centres in [-20, 20]^d, std 1, float32; "
+    skc.MeanShift(bandwidth=1.0, n_jobs=args.n_jobs).fit(blobs(500, 2, 3, seed=0)[0])  # start joblib's workers
+    MeanShift(bandwidth=1.0).fit(blobs(500, 2, 3, seed=0)[0])                            # and simdex's imports
+    print(f"# simdex mean shift benchmark\n\nmachine: {platform.processor() or platform.machine()}, {NCPU} cores, "
+          f"load average {os.getloadavg()[0]:.2f} at the start; GPU: {'yes' if gpu else 'no'}; scikit-learn "
+          f"{sklearn.__version__}; data: make_blobs, {args.centers} centres in [-20, 20]^d, std 1, float32; "
           f"bandwidth (given to both): {BANDWIDTH}\n")
-    results = compare_sklearn(args, gpu)
-    large = {} if args.skip_large else simdex_alone(args, gpu)
-    targets(args, results, large)
+    t0 = time.perf_counter()
+    rows = compare(args, gpu)
+    targets(rows)
+    if args.large:
+        simdex_alone(args, gpu)
+    print(f"\nrun: {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":

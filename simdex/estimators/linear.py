@@ -14,11 +14,16 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from numbers import Integral, Real
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
 
 from simdex.errors import InvalidArgument
+from simdex.estimators.validation import DomainParams, EstimatorError, check_data, check_fitted, domain_errors
 from simdex.wire import as_matrix
 
 LOG = logging.getLogger(__name__)
@@ -74,13 +79,30 @@ class SklearnLogistic:
         return softmax_proba(_check(X, self.coef_.shape[1]), self.coef_, self.intercept_)
 
 
-class TorchLogistic:
+class TorchLogistic(DomainParams, ClassifierMixin, BaseEstimator):
     """The same model as a torch nn.Linear: cross-entropy plus the L2 penalty of LogisticRegression(C),
     i.e. mean loss + ||W||^2 / (2 C n) (the bias is not penalised), with the same "balanced" class weights.
 
     solver "adam": mini-batches (`batch_size`) for `epochs` passes, cosine-decayed learning rate `lr`;
     solver "lbfgs": full-batch L-BFGS whose loss and gradient are accumulated batch by batch (`max_iter` steps).
-    Runs on CUDA when torch sees a GPU (`device="auto"`)."""
+    Runs on CUDA when torch sees a GPU (`device="auto"`).
+
+    A scikit-learn classifier (check_estimator passes, tests/estimators/test_sklearn_contract.py): fit(X, y) takes
+    any labels (classes_ is their sorted set); fit(X, y, n_classes) takes class indices 0..n_classes-1, as the
+    heads do; fit_batches trains from a batch source. Fitted: coef_ (k, d) float32, intercept_ (k,) float32,
+    classes_ (k,), n_features_in_, n_iter_."""
+
+    _parameter_constraints: dict = {
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "balanced": ["boolean"],
+        "solver": [StrOptions({"adam", "lbfgs"})],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "device": [str],
+        "seed": [Interval(Integral, 0, None, closed="left")],
+    }
 
     def __init__(self, C: float = 1.0, balanced: bool = False, solver: str = "adam", epochs: int = 100,
                  batch_size: int = 256, lr: float = 0.02, max_iter: int = 200, device: str = "auto",
@@ -95,8 +117,21 @@ class TorchLogistic:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
-    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> "TorchLogistic":
-        X, y = _check(X), np.asarray(y, dtype=np.int64)
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, n_classes: int | None = None) -> "TorchLogistic":
+        """Fit X (n, d) to labels y (n,): any labels, or class indices 0..n_classes-1 when n_classes is given."""
+        X, y = check_data(self, X, y, reset=True)
+        X = X.astype(np.float32, copy=False)
+        with domain_errors():
+            check_classification_targets(y)
+        if n_classes is None:
+            classes, y = np.unique(y, return_inverse=True)
+        else:
+            classes, y = np.arange(n_classes), np.asarray(y)
+            if y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n_classes:
+                raise EstimatorError(f"with n_classes={n_classes}, y must hold class indices 0..{n_classes - 1}; "
+                                     f"got values in [{y.min()}, {y.max()}]")
+        y = y.astype(np.int64)
         rng = np.random.default_rng(self.seed)
 
         def batches():  # shuffled each pass, like the database source
@@ -105,8 +140,11 @@ class TorchLogistic:
                 j = order[s:s + self.batch_size]
                 yield X[j], y[j]
 
-        return self.fit_batches(batches, X.shape[1], n_classes, np.bincount(y, minlength=n_classes))
+        self.fit_batches(batches, X.shape[1], len(classes), np.bincount(y, minlength=len(classes)))
+        self.classes_ = classes
+        return self
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit_batches(self, batches: Batches, d: int, n_classes: int, counts: np.ndarray) -> "TorchLogistic":
         """Fit from a batch source; `counts`: (k,) training items per class (for the penalty and weights)."""
         import torch  # noqa: PLC0415
@@ -123,7 +161,7 @@ class TorchLogistic:
 
         def batch_loss(xb, yb, scale: float):
             xb = torch.from_numpy(np.array(xb, dtype=np.float32)).to(dev)  # own, writable copy
-            yb = torch.from_numpy(yb).to(dev)
+            yb = torch.from_numpy(np.asarray(yb, dtype=np.int64)).to(dev)
             return F.cross_entropy(lin(xb), yb, weight=w, reduction="sum") * scale
 
         def penalty():
@@ -133,6 +171,7 @@ class TorchLogistic:
         self.n_iter_ = fit(lin, batches, batch_loss, penalty, n)
         self.coef_ = lin.weight.detach().cpu().numpy().astype(np.float32)
         self.intercept_ = lin.bias.detach().cpu().numpy().astype(np.float32)
+        self.classes_, self.n_features_in_ = np.arange(n_classes), d
         return self
 
     def _fit_lbfgs(self, lin, batches: Batches, batch_loss, penalty, n: int) -> int:
@@ -173,8 +212,16 @@ class TorchLogistic:
                 sched.step()
         return self.epochs
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return softmax_proba(_check(X, self.coef_.shape[1]), self.coef_, self.intercept_)
+    def predict_proba(self, X) -> np.ndarray:
+        """(n, d) -> (n, k) float32 class probabilities, columns in classes_ order."""
+        check_fitted(self)
+        X = check_data(self, X, reset=False)
+        return softmax_proba(X, self.coef_, self.intercept_)
+
+    def predict(self, X) -> np.ndarray:
+        """(n, d) -> (n,) the most probable class of each row (from classes_)."""
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(1)]
 
 
 class RidgeProjection:

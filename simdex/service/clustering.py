@@ -18,6 +18,7 @@ import numpy as np
 from simdex.errors import FailedPrecondition, InvalidArgument
 from simdex.estimators.meanshift import MeanShift
 from simdex.index.backend import faiss
+from simdex.limits import Limits
 from simdex.service import paging
 from simdex.service.collection import Collection
 from simdex.store import filters
@@ -54,21 +55,27 @@ def representatives(X: np.ndarray, centers: np.ndarray, labels: np.ndarray, r: i
     return [order[s:s + r] for s in starts]
 
 
-def run(col: Collection, store: Store, spec: ClusterSpec) -> Clustering:
-    """Mean shift over the stored vectors of `col` (those matching the spec's filter)."""
-    info = col.info
+def run(col: Collection, store: Store, spec: ClusterSpec, limits: Limits | None = None) -> Clustering:
+    """Mean shift over the stored vectors of `col` (those matching the spec's filter); the vectors it would load
+    are admitted against limits.max_cluster_mb first."""
+    info, limits = col.info, limits or Limits()
     conds = filters.parse(spec.filter)
     seq, iids, ext = col.listing(conds)
     if not len(iids):
         raise FailedPrecondition(f"collection {info.name!r} has no items{' matching the filter' if conds else ''}"
                                  " to cluster")
+    mb = len(iids) * info.dim * 4 / 2 ** 20
+    if mb > limits.max_cluster_mb:
+        raise limits.refuse("max_cluster_mb", f"{mb:,.1f} MB",
+                            f"Cluster of {len(iids):,} vectors of dim {info.dim} in {info.name!r} (a filter clusters "
+                            "fewer)")
     found, X = store.vectors(info.id, info.dim, iids)
     ext = [e for e, f in zip(ext, found) if f]  # deleted since listed: left out
     if info.metric == "cosine":
         faiss.normalize_L2(X)
     ms = MeanShift(bandwidth=spec.bandwidth, kernel=spec.kernel, bin_seeding=spec.bin_seeding,
                    min_bin_freq=spec.min_bin_freq, cluster_all=spec.cluster_all, max_iter=spec.max_iter,
-                   max_seeds=spec.max_seeds).fit(X)
+                   max_seeds=spec.max_seeds, n_jobs=-1).fit(X)   # every core, as the server's FAISS searches
     labels = ms.labels_.astype(np.int32)
     centers = ms.cluster_centers_
     sizes = np.bincount(labels[labels >= 0], minlength=len(centers))
@@ -81,7 +88,8 @@ def run(col: Collection, store: Store, spec: ClusterSpec) -> Clustering:
 class ClusterJobs:
     """Runs clusterings and keeps the last few, keyed by collection and request, for paging."""
 
-    def __init__(self):
+    def __init__(self, limits: Limits | None = None):
+        self.limits = limits or Limits()
         self._lock = threading.Lock()
         self._done: OrderedDict = OrderedDict()
 
@@ -103,7 +111,7 @@ class ClusterJobs:
             if result is None or result.seq != seq:
                 result = None
         if result is None or result.seq != col.seq:
-            result = run(col, store, spec)
+            result = run(col, store, spec, self.limits)
             with self._lock:
                 self._done[key] = result
                 self._done.move_to_end(key)

@@ -85,6 +85,47 @@ def test_cluster_errors(client, blobs):
         client.cluster("b", bandwidth=-1.0)
 
 
+def test_duplicate_vectors_cluster_with_an_estimated_bandwidth_of_zero(client):
+    # 3 distinct vectors, 10 copies each: the estimated bandwidth is 0 and, as scikit-learn, every distinct
+    # vector is its own cluster (this was refused with INVALID_ARGUMENT)
+    X = np.repeat(np.eye(3, 4, dtype=np.float32) * 5, 10, axis=0)
+    client.create_collection("dup", dim=4)
+    client.upsert("dup", [f"d{i}" for i in range(30)], X)
+    r = client.cluster("dup", bandwidth=None)
+    assert r.bandwidth == 0 and sorted(c.size for c in r.clusters) == [10, 10, 10]
+    for c in r.clusters:
+        assert len({int(i[1:]) // 10 for i in r.members(c.label)}) == 1
+        np.testing.assert_array_equal(c.center, X[int(c.representatives[0][1:])])
+
+
+def test_a_bandwidth_out_of_range_is_invalid_argument(client, blobs):
+    X, y = blobs
+    fill(client, X[:300], y[:300])
+    for bandwidth in (float("nan"), float("inf"), 0.0):   # scikit-learn's constraint: a float in (0, inf)
+        with pytest.raises(clients.InvalidArgument, match=r"'bandwidth' parameter of MeanShift"):
+            client.cluster("b", bandwidth=bandwidth)
+
+
+def test_a_cluster_over_the_vector_budget_is_refused_before_loading(tmp_path, blobs):
+    from simdex.limits import Limits
+    from simdex.server.app import create_server
+    from simdex.service.facade import Simdex
+
+    X, y = blobs                                   # 3000 x 4 float32: 0.046 MB; a filter keeping half fits
+    service = Simdex(tmp_path / "data", snapshot_interval=0, limits=Limits(max_cluster_mb=0.03))
+    server, port, _ = create_server(service, "127.0.0.1:0")
+    server.start()
+    try:
+        with clients.Client(f"127.0.0.1:{port}") as c:
+            fill(c, X, y)
+            with pytest.raises(clients.ResourceExhausted, match=r"3,000 vectors of dim 4.*--max-cluster-mb"):
+                c.cluster("b", bandwidth=2.5)
+            assert len(c.cluster("b", bandwidth=2.5, filter={"half": 1}).ids) == 1500
+    finally:
+        server.stop(grace=None).wait()
+        service.close()
+
+
 def test_a_page_after_the_collection_changed_is_refused(client, blobs):
     from simdex.types import ClusterSpec
 

@@ -1,5 +1,6 @@
 """simdex.estimators.meanshift.MeanShift against scikit-learn's MeanShift on seeded blobs, the lecture's failure case,
-bandwidth estimation, input validation, and the torch (GPU) code path against the FAISS one on CPU tensors."""
+bandwidth estimation, input validation, and the torch (GPU) code path against the CPU ones (the kd-tree up to 16-d,
+FAISS above) on CPU tensors."""
 from __future__ import annotations
 
 import numpy as np
@@ -116,10 +117,10 @@ def test_fit_estimates_bandwidth_like_sklearn():
 
 
 @pytest.mark.parametrize("kernel", ["flat", "gaussian"])
-@pytest.mark.parametrize("d", [2, 16])
+@pytest.mark.parametrize("d", [2, 16, 24])
 def test_torch_path_equals_faiss_path(kernel, d):
     X, _ = blobs(2000, d, 4, 1.0, seed=9)
-    bw = 2.0 if d == 2 else 6.0
+    bw = 2.0 if d == 2 else 6.0 if d == 16 else 7.0
     a = MeanShift(bandwidth=bw, kernel=kernel, device="cpu", max_seeds=300).fit(X)
     b = MeanShift(bandwidth=bw, kernel=kernel, device="torch-cpu", max_seeds=300).fit(X)
     assert len(a.cluster_centers_) == len(b.cluster_centers_)
