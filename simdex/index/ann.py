@@ -139,14 +139,19 @@ def _is_graph(index) -> bool:
 class AnnIndex:
     """One collection's FAISS index. Thread-safe: searches share the index lock, changes hold it alone."""
 
-    def __init__(self, dim: int, metric: str, desc: str):
+    def __init__(self, dim: int, metric: str, desc: str, *, index=None, trained: bool = True, min_train: int = 0):
+        """An empty index of kind `desc`. `index` (with its `trained` and the kind's `min_train`) starts it from an
+        empty FAISS index of that kind the caller already has, so no template is built (see fresh)."""
         self.dim, self.metric, self.desc = dim, metric, desc
         self.space = FAISS_SPACE.get(metric, metric)
         self.kind = f"{dim}/{metric}:{self.space}/{desc}"  # snapshots of another kind are rebuilt
-        template = make_faiss_index(dim, metric, desc)
-        self.trained = bool(template.is_trained)
-        self.min_train = 0 if self.trained else min_train_size(desc, dim)
-        self.index = template if self.trained else faiss.IndexFlat(dim, FAISS_METRIC[metric])
+        if index is None:
+            template = make_faiss_index(dim, metric, desc)
+            trained = bool(template.is_trained)
+            min_train = 0 if trained else min_train_size(desc, dim)
+            index = template if trained else faiss.IndexFlat(dim, FAISS_METRIC[metric])
+        self.trained, self.min_train = trained, min_train  # min_train > 0: the kind needs training
+        self.index = index
         self.lock = RWLock()
         self._pos_iid = np.zeros(0, dtype=np.int64)
         self._live = np.zeros(0, dtype=bool)
@@ -232,18 +237,18 @@ class AnnIndex:
 
     def fresh(self, train_sample: np.ndarray | None = None) -> "AnnIndex":
         """An empty AnnIndex of the same kind, trained on `train_sample` (or keeping this one's training)."""
-        new = AnnIndex(self.dim, self.metric, self.desc)
         if train_sample is not None:
             index = make_faiss_index(self.dim, self.metric, self.desc)
             set_threads_for(len(train_sample))
             index.train(self._prep(train_sample))
-            new.index, new.trained = index, True
         elif self.trained:
             with self.lock.read():
-                new.index = faiss.clone_index(self.index)
-            new.index.reset()
-            new.trained = True
-        return new
+                index = faiss.clone_index(self.index)
+            index.reset()
+        else:  # not trained yet: exact search over a flat index until enough vectors exist
+            flat = faiss.IndexFlat(self.dim, FAISS_METRIC[self.metric])
+            return AnnIndex(self.dim, self.metric, self.desc, index=flat, trained=False, min_train=self.min_train)
+        return AnnIndex(self.dim, self.metric, self.desc, index=index, min_train=self.min_train)
 
     # ---- search ------------------------------------------------------------------------------------------
     def positions(self, iids: np.ndarray) -> np.ndarray:

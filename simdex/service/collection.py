@@ -107,13 +107,12 @@ class Collection:
         if live_iids is None:
             live_iids, live_ext = self.store.live(self.info.id)
         sample = None
-        probe = AnnIndex(self.info.dim, self.info.metric, self.info.index)
-        if not probe.trained and len(live_iids) >= probe.min_train:
+        if self.ann.min_train and len(live_iids) >= self.ann.min_train:  # a trainable kind with enough rows (re)trains
             rng = np.random.default_rng(self.info.id)
             pick = np.sort(rng.choice(live_iids, size=min(len(live_iids), TRAIN_SAMPLE), replace=False))
             _, sample = self.store.vectors(self.info.id, self.info.dim, pick)
             LOG.info("collection %s: training %s on %d vectors", self.name, self.info.index, len(pick))
-        new = self.ann.fresh(sample) if (sample is not None or self.ann.trained) else probe
+        new = self.ann.fresh(sample)
         ext_of = dict(zip(live_iids.tolist(), live_ext))
         for iids, x in self.store.iter_vectors(self.info.id, self.info.dim):
             new.add(iids, [ext_of[i] for i in iids.tolist()], x)
@@ -185,8 +184,7 @@ class Collection:
             found, xb = self.store.vectors(self.info.id, self.info.dim, ann.iids_at(pos))
             pos = pos[found]  # and still in the database
             if self.info.metric == "cosine":
-                xb = xb.copy()
-                faiss.normalize_L2(xb)
+                faiss.normalize_L2(xb)  # in place: Store.vectors returns a fresh copy of its own
             per = max(1, EXACT_SUBSET_FLOATS // max(1, len(xb)))
             for a in range(0, len(xq), per):
                 for q, s in enumerate(self._exact_scores(xq[a:a + per], xb), start=a):
