@@ -233,14 +233,14 @@ def search_response_min_bytes(hits: Sequence, texts: Sequence[Sequence[str]] | N
     return size
 
 
-def search_response_to_pb(hits: Sequence, metas: Sequence[Sequence[dict | str]] | None) -> pb.SearchResponse:
-    """One QueryHits per query from hits with `ids`, `distances` (m,) float32 and `next_page_token`; `metas`
-    the hits' metadata dicts, or their texts (metadata_texts), or None."""
+def search_response_to_pb(hits: Sequence, texts: Sequence[Sequence[str]] | None) -> pb.SearchResponse:
+    """One QueryHits per query from hits with `ids`, `distances` (m,) float32 and `next_page_token`; `texts`
+    the hits' metadata as JSON text (metadata_texts), or None."""
     resp = pb.SearchResponse()
     for i, h in enumerate(hits):
         qh = resp.results.add(ids=h.ids, distances=to_bytes(h.distances), next_page_token=h.next_page_token)
-        if metas is not None:
-            qh.metadata.extend(m if isinstance(m, str) else _text(m) for m in metas[i])
+        if texts is not None:
+            qh.metadata.extend(texts[i])
     return resp
 
 

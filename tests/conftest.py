@@ -67,7 +67,8 @@ class InProcessServer:
         from simdex.service.facade import Simdex
         from simdex.server.app import create_server
 
-        self.service = Simdex(data_dir, kwargs.pop("db_url", None), snapshot_interval=0)
+        self.service = Simdex(data_dir, kwargs.pop("db_url", None), snapshot_interval=0,
+                              limits=kwargs.pop("limits", None))
         self.server, self.port, _ = create_server(self.service, "127.0.0.1:0", **kwargs)
         self.server.start()
         self.target = f"127.0.0.1:{self.port}"

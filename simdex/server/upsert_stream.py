@@ -40,8 +40,6 @@ class UpsertStream:
         self.hashes: list[str] = []
         self.raw: list = []         # images (bytes) or texts (str)
         self._blocks: list[np.ndarray] = []  # each message's (n_i, dim) float32 vectors
-        self._n = 0
-        self._width = 0             # the dimension of the stream's vectors
 
     def add(self, msg, i: int) -> None:
         """Check message `i` and keep it (InvalidArgument, or ResourceExhausted over the stream's budget)."""
@@ -56,22 +54,20 @@ class UpsertStream:
         c = convert.upsert_from_pb(msg, i)
         self._check_like_the_first(c, where)
         if c.vectors is not None:
-            if self._blocks and c.vectors.shape[1] != self._width:
+            if self._blocks and c.vectors.shape[1] != self.dim:  # the blocks kept so far are all of self.dim
                 raise InvalidArgument(f"{where}: upsert stream mixes vector dimensions "
-                                      f"{sorted((self._width, c.vectors.shape[1]))}")
+                                      f"{sorted((self.dim, c.vectors.shape[1]))}")
             try:
                 x = as_matrix(c.vectors, f"{where} vectors", self.dim, allow_empty=True)
             except InvalidArgument as exc:
                 if exc.item is not None:  # the row within the message -> the item within the stream (the call)
-                    exc.item += self._n
+                    exc.item += len(self.ids)
                 raise
-            self._width = x.shape[1]
             self._blocks.append(x)
         self.raw.extend(c.images or c.texts)
         self.ids.extend(c.ids)
         self.metadata.extend(c.metadata)
         self.hashes.extend(c.content_hashes)
-        self._n += len(c.ids)
 
     def _check_like_the_first(self, c: UpsertChunk, where: str) -> None:
         """One kind of input, one embedder fingerprint, content hashes for all items or none: as the first."""
@@ -106,7 +102,7 @@ class UpsertStream:
         if self.payload > self.limits.max_upsert_mb * 2**20:
             raise self.limits.refuse(
                 "max_upsert_mb", f"{self.payload / 2**20:.1f} MB",
-                f"upsert stream (at {where}, after {self._n} items); split the call into several, each its own "
+                f"upsert stream (at {where}, after {len(self.ids)} items); split the call into several, each its own "
                 "transaction")
 
     def batch(self) -> tuple[str, UpsertChunk]:

@@ -74,18 +74,25 @@ def test_batch_search_larger_than_one_message_is_split(tmp_path):
 KINDS = ["HNSW32", "IVF128,Flat", "IVF128,PQ16x4fs,RFlat", "PQ16x4fs,RFlat", "PCA16,IVF64,SQ8,RFlat", "SQ8,RFlat", "SQ8"]
 
 
+def stocked(s, name: str, desc: str, n: int, d: int, nq: int, seed: int, metadata=(), step: int = 0):
+    """Collection `name` of kind `desc` holding n clustered vectors, ids name[0] + i, upserted `step` at a time
+    (0: at once); (xb, nq queries from the same clusters, ids)."""
+    data = clustered(n + nq, d, seed=seed)
+    xb, xq = data[:n], data[n:]
+    names = [f"{name[0]}{i}" for i in range(n)]
+    s.create_collection(name, d, "l2", desc)
+    step = step or n
+    for i in range(0, n, step):
+        s.upsert(name, names[i:i + step], xb[i:i + step], metadata[i:i + step])
+    return xb, xq, names
+
+
 @pytest.mark.parametrize("desc", KINDS)
 def test_approximate_kinds_reach_recall_at_default_parameters(sqlite_service, desc):
     s = sqlite_service
-    n, d = 12000, 32
-    data = clustered(n + 200, d, seed=5)
-    xb, xq = data[:n], data[n:]
-    names = [f"p{i}" for i in range(n)]
-    s.create_collection("r", d, "l2", desc)
-    for i in range(0, n, 4000):
-        s.upsert("r", names[i:i + 4000], xb[i:i + 4000])
-    assert s.get_collection("r").trained
-    hits, _ = s.search("r", xq, 10)
+    xb, xq, names = stocked(s, "p", desc, 12000, 32, 200, seed=5, step=4000)
+    assert s.get_collection("p").trained
+    hits, _ = s.search("p", xq, 10)
     _, I = oracle(xb, xq, 10)
     rec = recall_at([h.ids for h in hits], I, names, 10)
     assert rec >= 0.95, f"{desc}: recall@10 {rec:.3f}"
@@ -115,12 +122,8 @@ def test_filtered_search_through_the_index_returns_k_matching_hits(sqlite_servic
     """Filters matching more items than the exact path takes go through FAISS (id selector, or oversampling
     for kinds that take none), and still return k matching hits."""
     s = sqlite_service
-    n, d = 12000, 16
-    data = clustered(n + 50, d, seed=14)
-    xb, xq = data[:n], data[n:]
-    names = [f"f{i}" for i in range(n)]
-    s.create_collection("flt", d, "l2", desc)
-    s.upsert("flt", names, xb, [{"group": i % 3} for i in range(n)])
+    n = 12000
+    xb, xq, names = stocked(s, "flt", desc, n, 16, 50, seed=14, metadata=[{"group": i % 3} for i in range(n)])
     keep = np.arange(n) % 3 != 0        # 8,000 matches: more than the exact path's 4,096
     hits, _ = s.search("flt", xq, 10, filter={"group": {"$ne": 0}})
     for h in hits:

@@ -5,38 +5,28 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import oracle
+from conftest import InProcessServer, oracle
+from simdex.convert import matrix_to_pb as matrix
 from simdex.index.ann import AnnIndex
 from simdex.limits import Limits
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
 from simdex.service import collection as collection_mod
-from simdex.service.facade import Simdex
-from simdex.server.app import create_server
 from simdex.types import SearchParams
-from simdex.wire import pack
 
 D = 8
 N = 500
 
 
-def matrix(x) -> pb.Matrix:
-    data, shape = pack(np.asarray(x, dtype=np.float32))
-    return pb.Matrix(data=data, shape=shape)
-
-
-class Server:
+class Server(InProcessServer):
     def __init__(self, path, limits: Limits, max_message_mb: float = 64):
-        self.service = Simdex(path, snapshot_interval=0, limits=limits)
-        self.server, port, _ = create_server(self.service, "127.0.0.1:0", max_message_mb=max_message_mb)
-        self.server.start()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", -1)])
+        super().__init__(path, limits=limits, max_message_mb=max_message_mb)
+        self.channel = grpc.insecure_channel(self.target, options=[("grpc.max_send_message_length", -1)])
         self.stub = pb_grpc.SimdexStub(self.channel)
 
     def close(self):
         self.channel.close()
-        self.server.stop(grace=None).wait()
-        self.service.close()
+        self.stop()
 
 
 @pytest.fixture

@@ -64,7 +64,8 @@ def test_search_request_and_answer_round_trip():
     assert raw["queries"] is None and raw["texts"] == ["q"]
     hits = [convert.QueryHits(["a", "b"], np.array([0.5, 0.25], np.float32), "next"),
             convert.QueryHits([], np.zeros(0, np.float32))]
-    got, metas = convert.search_response_from_pb(convert.search_response_to_pb(hits, [[{"x": 1}, {}], []]), True)
+    texts = convert.metadata_texts([[{"x": 1}, {}], []])
+    got, metas = convert.search_response_from_pb(convert.search_response_to_pb(hits, texts), True)
     assert [(h.ids, h.distances.tolist(), h.next_page_token) for h in got] == [
         (["a", "b"], [0.5, 0.25], "next"), ([], [], "")]
     assert metas == [[{"x": 1}, {}], []]
