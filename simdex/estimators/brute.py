@@ -22,15 +22,18 @@ TILE = 1 << 24           # torch path: seeds x points block of distances (128 MB
 _GPU_RES: list = []  # one StandardGpuResources for the process; it must outlive every GPU index made from it
 
 
-def flat_index(xb: np.ndarray, use_gpu: bool = False):
+def flat_index(xb: np.ndarray):
     """An exact L2 FAISS index over xb (n, d) (copied to float32)."""
     index = faiss.IndexFlatL2(xb.shape[1])
     index.add(np.ascontiguousarray(xb, dtype=np.float32))
-    if use_gpu:
-        if not _GPU_RES:
-            _GPU_RES.append(faiss.StandardGpuResources())
-        index = faiss.index_cpu_to_gpu(_GPU_RES[0], 0, index)
     return index
+
+
+def to_gpu(index):
+    """A GPU copy of a CPU FAISS index, on the process's one StandardGpuResources."""
+    if not _GPU_RES:
+        _GPU_RES.append(faiss.StandardGpuResources())
+    return faiss.index_cpu_to_gpu(_GPU_RES[0], 0, index)
 
 
 class FaissSums:
@@ -43,7 +46,7 @@ class FaissSums:
         reach2 = self.bw2 * (GAUSS_REACH ** 2 if kernel == "gaussian" else 1.0)
         self.radius = float(np.nextafter(np.float32(reach2), np.float32(np.inf)))
         self.cpu = flat_index(X)
-        self.gpu = flat_index(X, use_gpu=True) if use_gpu else None
+        self.gpu = to_gpu(self.cpu) if use_gpu else None   # copied from the CPU index: X converted once
 
     def _range(self, S):
         if self.gpu is None:

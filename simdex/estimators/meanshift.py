@@ -137,10 +137,11 @@ class MeanShift(DomainParams, ClusterMixin, BaseEstimator):
                 raise EstimatorError(f"seeds have {seeds.shape[1]} features, but X has {X.shape[1]}: pass seeds of "
                                      "shape (m, n_features)")
             return seeds
-        seeds = get_bin_seeds(X, bw, self.min_bin_freq) if self.bin_seeding else X
-        if seeds is X:
-            return sample_seeds(X, self.max_seeds, self.random_state)
-        return np.asarray(seeds, dtype=X.dtype)
+        if self.bin_seeding:
+            seeds = get_bin_seeds(X, bw, self.min_bin_freq)
+            if seeds is not X:   # X itself when binning failed: sampled below, as without bin_seeding
+                return np.asarray(seeds, dtype=X.dtype)
+        return sample_seeds(X, self.max_seeds, self.random_state)
 
     def _sums(self, X: np.ndarray, bw: float, threads: int):
         """The neighbour search: exact matches for bandwidth 0, torch on a GPU, the kd-tree in low d, FAISS."""
@@ -159,12 +160,12 @@ class MeanShift(DomainParams, ClusterMixin, BaseEstimator):
             return "cpu", False
         if self.device == "cpu":
             return None, False
-        torch_cuda = _torch_cuda()
-        if self.device == "gpu" and not (torch_cuda or gpu_available()):
+        torch_cuda, faiss_gpu = _torch_cuda(), gpu_available()
+        if self.device == "gpu" and not (torch_cuda or faiss_gpu):
             raise EstimatorError("device='gpu' but neither faiss nor torch sees a GPU; use device='auto' or 'cpu'")
         # FAISS has no GPU range search (its GPU emulation falls back to the CPU on big neighbourhoods),
         # so the sums use torch CUDA when present.
-        return ("cuda" if torch_cuda else None), gpu_available()
+        return ("cuda" if torch_cuda else None), faiss_gpu
 
 
 def mean_shift(X, *, bandwidth=None, seeds=None, bin_seeding=False, min_bin_freq=defaults.CLUSTER_MIN_BIN_FREQ,

@@ -108,8 +108,6 @@ class ClusterJobs:
             if seq != col.seq:
                 raise FailedPrecondition(f"collection {col.name!r} changed since the first page (seq {seq} -> "
                                          f"{col.seq}); start the clustering again")
-            if result is None or result.seq != seq:
-                result = None
         if result is None or result.seq != col.seq:
             result = run(col, store, spec, self.limits)
             with self._lock:
