@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compression import embed_cached, image_sets, table  # noqa: E402
+from compression import recall as recall_per_query  # noqa: E402
 
 LOG = logging.getLogger("bench.bf16")
 K = 10
@@ -94,7 +95,8 @@ def top_k(xq: np.ndarray, xb: np.ndarray, metric: str) -> np.ndarray:
 
 
 def recall(P: np.ndarray, gt: np.ndarray) -> float:
-    return float(np.mean([len(set(p.tolist()) & set(g.tolist())) / K for p, g in zip(P, gt)]))
+    """Mean recall@K of (nq, K) positions against the truth (compression.recall per query)."""
+    return float(recall_per_query(P, gt).mean())
 
 
 def run_model(name: str, sets, args) -> list[str]:

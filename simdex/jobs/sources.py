@@ -21,7 +21,6 @@ LOG = logging.getLogger(__name__)
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
 VECTOR_EXTS = frozenset({".npy", ".parquet", ".pq"})
-DICOM_MAGIC_AT, DICOM_MAGIC = 128, b"DICM"
 
 
 @dataclass(frozen=True)
@@ -50,12 +49,15 @@ class VectorSource:
 
 # ---- file sources -------------------------------------------------------------------------------------------
 def has_dicom_preamble(path: Path) -> bool:
+    """Whether the file starts as DICOM Part-10 (the marker test is simdex.embedder.dicom_file.is_dicom's)."""
+    from simdex.embedder.dicom_file import is_dicom  # noqa: PLC0415 - pydicom loads on demand
+
     try:
         with open(path, "rb") as fh:
-            head = fh.read(DICOM_MAGIC_AT + len(DICOM_MAGIC))
+            head = fh.read(132)  # the 128-byte preamble and b"DICM"
     except OSError:
         return False
-    return head[DICOM_MAGIC_AT:] == DICOM_MAGIC
+    return is_dicom(head)
 
 
 def _wanted(path: Path) -> bool:
@@ -112,7 +114,7 @@ class Planned:
 
 def plan_file(index: int, item: FileItem, all_frames: bool, keep_bytes: bool) -> Planned:
     """Read and hash one file (raises OSError). Multi-frame DICOM headers are parsed to learn the frame count."""
-    from simdex.embedder.dicom import is_dicom  # noqa: PLC0415 - pydicom loads on demand
+    from simdex.embedder.dicom_file import is_dicom  # noqa: PLC0415 - pydicom loads on demand
 
     data = item.path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()

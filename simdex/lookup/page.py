@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from simdex.distances import BIGGER_IS_BETTER
-from simdex.embedder.decode import decode_image, thumbnail_png
+from simdex.embedder.decode import decode_image, iter_frames, thumbnail_png
 from simdex.errors import FailedPrecondition, InvalidArgument, SimdexError
 from simdex.lookup.files import MAX_FILE_BYTES, UnreadableFile, read_file
 
@@ -193,7 +193,8 @@ class Thumbnails:
         try:
             shown = decode_image(data, str(p))[0]  # the middle frame: what the server embeds without all_frames
             if frame is not None and shown.frame != frame:  # an item of one frame of a multi-frame file
-                shown = next((f for f in decode_image(data, str(p), all_frames=True) if f.frame == frame), None)
+                # frames decode one at a time: stop at the wanted one instead of decoding (and holding) them all
+                shown = next((f for f in iter_frames(data, str(p), all_frames=True) if f.frame == frame), None)
         except SimdexError as e:
             return None, e.message
         if shown is None:
