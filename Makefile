@@ -18,8 +18,7 @@ serve: $(STAMP)
 	$(BIN)/simdex serve --data ./simdex-data --host 127.0.0.1 --port 50051
 
 # The import rules of docs/architecture.md (import-linter, contracts in pyproject.toml), then every test.
-test: $(STAMP) browser
-	$(BIN)/lint-imports
+test: lint-imports browser
 	$(BIN)/python -m pytest -q
 
 # The lookup page is tested in a real headless browser: Debian's chromium (installed when missing and apt is usable).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 
 from simdex.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -156,13 +157,9 @@ class Collections:
         unloadable collection is deleted the same way (nothing of it is open)."""
         with self._lock:
             col = self.get(name)
-            if isinstance(col, Unloadable):
+            with nullcontext() if isinstance(col, Unloadable) else col.write_lock:
                 self.store.delete_collection(name)
                 del self._cols[name]
-            else:
-                with col.write_lock:
-                    self.store.delete_collection(name)
-                    del self._cols[name]
             col.close(remove_snapshot=True)
 
     def close(self) -> None:

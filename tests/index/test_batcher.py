@@ -14,7 +14,13 @@ def test_concurrent_requests_are_stacked_and_answered_row_for_row(slots):
 
     def run(xq, k, key):
         calls.append(len(xq))
-        time.sleep(0.01)  # while one call runs, the others queue up
+        # The first calls (one per slot) hold their slots until enough requests queued behind them to make a
+        # group of one key hold three or more rows (or a first call already stacked them): stacking is then
+        # certain, not a matter of how the threads happen to be scheduled.
+        deadline = time.monotonic() + 10
+        while (len(calls) <= slots and len(b._pending) < 5 and max(calls) <= 2
+               and time.monotonic() < deadline):
+            time.sleep(0.001)
         D = np.repeat(xq[:, :1], k, axis=1) + np.arange(k)[None, :] + key
         return D.astype(np.float32), np.repeat(xq[:, :1].astype(np.int64), k, axis=1)
 

@@ -244,7 +244,7 @@ OUTSIDE = {  # case: (call, the gate that refuses it)
         _embedder_upsert("f\x00"), "service/items.py Items.upsert: fingerprint = check_fingerprint(fingerprint)"),
     "index description longer than its column": (
         lambda s: s.CreateCollection(pb.CreateCollectionRequest(name="d", dim=4, index="PCA4," * 60 + "Flat")),
-        "service/collections.py Collections.create: check_index_desc(index)"),
+        "index/ann.check_description_text, called by CreateCollection through index/describe.check"),
     "deep JSON in TrainHead labels": (
         lambda s: s.TrainHead(pb.TrainHeadRequest(collection="c", head="h", labels=DEEP)),
         "convert.json_object: except RecursionError -> InvalidArgument"),

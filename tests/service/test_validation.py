@@ -72,6 +72,9 @@ def test_ids_the_store_cannot_hold_are_invalid_argument_naming_the_item(bad, pro
 
 def test_the_text_limits_are_the_columns_sizes():
     assert (v.MAX_ID_LEN, v.MAX_HASH_LEN, v.MAX_FINGERPRINT_LEN, v.MAX_INDEX_LEN) == (512, 128, 128, 256)
+    from simdex.index.ann import MAX_DESC_LEN  # index/ cannot read the table (layers): its copy must agree
+
+    assert MAX_DESC_LEN == v.MAX_INDEX_LEN
     assert v.check_ids(["x" * 512]) == ["x" * 512]
 
 
