@@ -10,7 +10,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[server,$(strip $(FAISS)),dev]'
+	$(BIN)/python -m pip install -q -e '.[server,$(strip $(FAISS)),pacs,web,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
