@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -88,34 +89,46 @@ class Embedder:
         return self.embed_images(list(frames))
 
 
+AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class ImageEmbedder(Embedder):
     """Images in, (n, dim) float32 out.
 
     `preprocess` maps one (H, W, 3) uint8 RGB array to a (3, h, w) float32 tensor (all the same size);
-    `module` maps a (B, 3, h, w) batch to (B, dim). With `bf16` the forward runs under bf16 autocast with
-    channels_last (the factories set it where torchvision_common.bf16_default says); the output is float32
-    either way, and the fingerprint says which path made it."""
+    `module` maps a (B, 3, h, w) batch to (B, dim). `precision` "bf16" or "fp16" runs the forward under that
+    autocast ("fp32" without; `bf16=True` is "bf16"; the factories take torchvision_common.autocast_default); the
+    output is float32 either way, and the fingerprint says which path made it. `channels_last` (default: on CUDA or
+    under autocast, where the convolution kernels prefer it) changes the memory layout only, not the vectors beyond
+    rounding. On CUDA, batches are stacked into pinned memory and copied without blocking."""
 
     def __init__(self, name: str, dim: int, module: nn.Module, preprocess: Callable[[np.ndarray], torch.Tensor],
-                 device: torch.device, batch_size: int = 32, bf16: bool = False, fp: str | None = None):
+                 device: torch.device, batch_size: int = 32, bf16: bool = False, fp: str | None = None,
+                 precision: str | None = None, channels_last: bool | None = None):
         super().__init__(name, dim, module, device, fp)
         self.preprocess = preprocess
         self.batch_size = batch_size
-        self.bf16 = bf16
-        if bf16 or device.type == "cuda":
+        self.autocast = precision or ("bf16" if bf16 else "fp32")
+        if self.autocast != "fp32" and self.autocast not in AUTOCAST_DTYPE:
+            raise InvalidArgument(f"precision {self.autocast!r} is not one of fp32, {', '.join(AUTOCAST_DTYPE)}")
+        self.channels_last = (self.autocast != "fp32" or device.type == "cuda") if channels_last is None \
+            else channels_last
+        if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
+
+    @property
+    def bf16(self) -> bool:
+        return self.autocast == "bf16"
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> np.ndarray:
         """(B, 3, h, w) float32 tensor -> (B, dim) float32 array."""
         with self._lock:
-            batch = batch.to(self.device, non_blocking=True)
-            if self.bf16 or self.device.type == "cuda":
+            batch = batch.to(self.device, non_blocking=True)  # asynchronous from pinned memory (CUDA)
+            if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            if self.bf16:
-                with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                    y = self.module(batch)
-            else:
+            dtype = AUTOCAST_DTYPE.get(self.autocast)
+            with torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext():
                 y = self.module(batch)
             y = y.float().cpu().numpy()
         if y.shape[1:] != (self.dim,):
@@ -124,8 +137,14 @@ class ImageEmbedder(Embedder):
 
     @property
     def precision(self) -> str:  # type: ignore[override]
-        """The numeric path of the forward: "bf16" (autocast) or "fp32"."""
-        return "bf16" if self.bf16 else "fp32"
+        """The numeric path of the forward: "bf16" or "fp16" (autocast), or "fp32"."""
+        return self.autocast
+
+    def stack(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        """(B, 3, h, w) of B preprocessed images, in pinned memory when the model runs on CUDA (async copies)."""
+        out = torch.empty((len(batch), *batch[0].shape), dtype=batch[0].dtype,
+                          pin_memory=self.device.type == "cuda")
+        return torch.stack(batch, out=out)
 
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Sequence of (H, W, 3) uint8 RGB arrays -> (n, dim) float32."""
@@ -139,8 +158,8 @@ class ImageEmbedder(Embedder):
             batch.append(self.preprocess(im))
             del im  # freed before the next frame is decoded, not after
             if len(batch) == self.batch_size:
-                out.append(self.forward(torch.stack(batch)))
+                out.append(self.forward(self.stack(batch)))
                 batch = []
         if batch:
-            out.append(self.forward(torch.stack(batch)))
+            out.append(self.forward(self.stack(batch)))
         return np.concatenate(out)

@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.models import DenseNet121_Weights, densenet121
 
 from simdex.embedder.base import ImageEmbedder
-from simdex.embedder.torchvision_common import bf16_default, image_preprocess, load_state_dict
+from simdex.embedder.torchvision_common import autocast_default, image_preprocess, load_state_dict
 
 
 class DenseNetPooled(nn.Module):
@@ -35,4 +35,4 @@ def build_densenet121(weights: Path | None) -> nn.Module:
 
 def load_densenet121(spec, weights, device):
     return ImageEmbedder(spec.name, spec.dim, DenseNetPooled(build_densenet121(weights)),
-                         image_preprocess(DenseNet121_Weights.DEFAULT), device, bf16=bf16_default(device, spec.bf16))
+                         image_preprocess(DenseNet121_Weights.DEFAULT), device, precision=autocast_default(device, spec.bf16))

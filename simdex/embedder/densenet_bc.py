@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from simdex.embedder.base import ImageEmbedder
+from simdex.embedder.torchvision_common import autocast_default
 from simdex.errors import InvalidArgument
 
 LOG = logging.getLogger(__name__)
@@ -255,8 +256,9 @@ def load_embedder(spec, weights: Path | None, device: torch.device) -> ImageEmbe
     """The `densenet-bc` embedder: pooled 342-d features of a trained checkpoint, or (weights None) of the
     default architecture initialised under seed 0. Images (H, W, 3) uint8 RGB -> (n, 342) float32.
 
-    Runs in fp32: bf16 autocast keeps recall@10 of only 0.985 (cosine) / 0.988 (l2) against fp32 on
-    bench/bf16.py's data (random weights, avx512_bf16 CPU), under the 0.99 that registry.BF16_RECALL_AT_10 asks."""
+    Runs in fp32 unless SIMDEX_AUTOCAST says otherwise: bf16 autocast keeps recall@10 of only 0.985 (cosine) /
+    0.988 (l2) against fp32 on bench/bf16.py's data (random weights, avx512_bf16 CPU), under the 0.99 that
+    registry.BF16_RECALL_AT_10 asks."""
     if weights is None:
         model, norm = build(DEFAULT, seed=0), None
     else:
@@ -270,4 +272,4 @@ def load_embedder(spec, weights: Path | None, device: torch.device) -> ImageEmbe
                               f"depth-{model.cfg.depth}, growth-{model.cfg.growth} DenseNet-BC with "
                               f"{model.cfg.dim}-d features")
     return ImageEmbedder(spec.name, model.cfg.dim, model.trunk, make_preprocess(model.cfg.in_size, norm), device,
-                         batch_size=32, bf16=False)
+                         batch_size=32, precision=autocast_default(device, False))

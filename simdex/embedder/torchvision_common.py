@@ -59,6 +59,22 @@ def cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+AUTOCAST = ("fp32", "bf16", "fp16")
+
+
+def autocast_default(device: torch.device, measured_ok: bool) -> str:
+    """The numeric path of an embedder's forward, one of AUTOCAST. SIMDEX_AUTOCAST=fp32|bf16|fp16 chooses it
+    explicitly on any device (on CUDA the only way off fp32: there it is a measured option, bench/gpu_paths.py);
+    else bf16 where bf16_default says, else fp32. Recorded in the fingerprint (":bf16", ":fp16"), so a collection
+    refuses vectors of another path."""
+    env = os.environ.get("SIMDEX_AUTOCAST")
+    if env:
+        if env not in AUTOCAST:
+            raise InvalidArgument(f"SIMDEX_AUTOCAST={env!r} is not one of {list(AUTOCAST)}")
+        return env
+    return "bf16" if bf16_default(device, measured_ok) else "fp32"
+
+
 def bf16_default(device: torch.device, measured_ok: bool) -> bool:
     """Whether an embedder runs its forward under bf16 autocast: on a CPU with native bf16 (AMX / AVX512-BF16),
     and only for an embedder whose bf16 vectors were measured to keep recall@10 >= 0.99 against fp32

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
 from simdex.embedder.base import ImageEmbedder
-from simdex.embedder.torchvision_common import bf16_default, image_preprocess, load_state_dict
+from simdex.embedder.torchvision_common import autocast_default, image_preprocess, load_state_dict
 
 FC_CUT = {"fc6": 2, "fc7": 5}
 
@@ -42,7 +42,7 @@ def build_vgg16(weights: Path | None) -> nn.Module:
 def _load(spec, weights: Path | None, device: torch.device, layer: str) -> ImageEmbedder:
     model = build_vgg16(weights)
     return ImageEmbedder(spec.name, spec.dim, VGGActivation(model, layer), image_preprocess(VGG16_Weights.DEFAULT),
-                         device, bf16=bf16_default(device, spec.bf16))
+                         device, precision=autocast_default(device, spec.bf16))
 
 
 def load_fc6(spec, weights, device):

@@ -1,1 +1,2 @@
-"""FAISS only: the index wrapper (ann), back-end and thread settings, search batching, the readers-writer lock."""
+"""Search: the FAISS index wrapper (ann), back-end and thread settings, search batching, the readers-writer lock,
+and exact search on torch tensors (torch_exact) swapped in for exact kinds by torch_ann."""
