@@ -36,12 +36,10 @@ def make_data(n: int, d: int, nq: int, clusters: int = 50, spread: float = 0.15)
 
 def build_index(desc: str, xb: np.ndarray, chunk: int):
     """The FAISS index simdex would build for `desc` (l2), its search parameters, and the seconds spent in add."""
-    import faiss
-
-    from simdex.index.ann import FAISS_METRIC, _walk_params
+    from simdex.index.ann import _walk_params, make_faiss_index
     from simdex.types import SearchParams
 
-    index = faiss.index_factory(xb.shape[1], desc, FAISS_METRIC["l2"])
+    index = make_faiss_index(xb.shape[1], "l2", desc)  # with simdex's construction settings (efConstruction)
     if not index.is_trained:
         index.train(xb[:100_000])
     t_add = 0.0
