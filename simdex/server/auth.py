@@ -1,39 +1,123 @@
-"""Bearer-token authentication as a server interceptor (health checks stay open for probes)."""
+"""Bearer-token authentication and per-collection access as a server interceptor (health checks stay open for
+probes). Which token a call carries and what it allows is simdex.server.tokens; this module applies it to calls:
+UNAUTHENTICATED without a known token, PERMISSION_DENIED naming the collection, listings cut to what the token
+covers. `--token-file` is one admin token of the same mechanism (Tokens.single)."""
 from __future__ import annotations
 
-import hmac
+import logging
+from typing import Callable
 
 import grpc
 
+from simdex.errors import SimdexError
+from simdex.server.handlers import method_name, refusal, rewrap
+from simdex.server.tokens import Rule, Token, Tokens, rule_for
+
+LOG = logging.getLogger(__name__)
 OPEN_METHODS = ("/grpc.health.v1.Health/",)
 
 
-def _deny(kind_handler, handler, message: str):
-    def abort(_request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    return kind_handler(abort, request_deserializer=handler.request_deserializer,
-                        response_serializer=handler.response_serializer)
-
-
 class TokenAuth(grpc.ServerInterceptor):
-    def __init__(self, token: str):
-        if not token:
-            raise ValueError("empty token")
-        self._expected = f"Bearer {token}".encode()
+    """`head_collection(name)` gives the collection a head was trained on (it raises a SimdexError for an unknown
+    or malformed name, which the servicer then reports itself)."""
+
+    def __init__(self, tokens: Tokens, head_collection: Callable[[str], str]):
+        self.tokens, self.head_collection = tokens, head_collection
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
         if handler is None or details.method.startswith(OPEN_METHODS):
             return handler
         given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(given.encode() if isinstance(given, str) else given, self._expected):
+        token = self.tokens.find(given)
+        if token is None:
+            return refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
+                           "missing bearer token" if not given else "invalid bearer token")
+        rule, (_, method) = rule_for(details.method), method_name(details.method)
+        if rule.server_wide:
+            if token.server_wide_admin:
+                return handler
+            message = token.server_wide_denial(method)
+            _log_refusal(token, method, message)
+            return refusal(handler, grpc.StatusCode.PERMISSION_DENIED, message)
+        if rule.access is None:
             return handler
-        message = "missing bearer token" if not given else "invalid bearer token"
-        if handler.request_streaming and handler.response_streaming:
-            return _deny(grpc.stream_stream_rpc_method_handler, handler, message)
         if handler.request_streaming:
-            return _deny(grpc.stream_unary_rpc_method_handler, handler, message)
-        if handler.response_streaming:
-            return _deny(grpc.unary_stream_rpc_method_handler, handler, message)
-        return _deny(grpc.unary_unary_rpc_method_handler, handler, message)
+            return rewrap(handler, lambda behaviour: self._checked_stream(behaviour, token, rule, method))
+        return rewrap(handler, lambda behaviour: self._checked(behaviour, token, rule, method))
+
+    def _checked(self, behaviour, token: Token, rule: Rule, method: str):
+        def call(request, context):
+            self._check(token, rule, method, request, context)
+            return _listed(token, rule, behaviour(request, context))
+
+        return call
+
+    def _checked_stream(self, behaviour, token: Token, rule: Rule, method: str):
+        """A client stream names its collection in its first message (later ones must name the same one: the
+        stream reader refuses others); the servicer reads that first message from the stream again."""
+
+        def call(requests, context):
+            try:
+                first = next(requests, None)
+            except grpc.RpcError:
+                context.abort(grpc.StatusCode.CANCELLED, f"{method}: the call was cancelled")
+            if first is None:  # an empty stream names nothing: the servicer refuses it
+                return _listed(token, rule, behaviour(requests, context))
+            self._check(token, rule, method, first, context)
+            return _listed(token, rule, behaviour(_Replayed(first, requests), context))
+
+        return call
+
+    def _check(self, token: Token, rule: Rule, method: str, request, context) -> None:
+        """Abort with PERMISSION_DENIED unless `token` has the rule's access to every collection `request` names."""
+        for name in filter(None, (getattr(request, f) for f in rule.fields)):
+            if not token.allows(rule.access, name):
+                self._abort(context, token, method, token.denial(method, rule.access, name))
+        head = getattr(request, rule.head) if rule.head else ""
+        if head:
+            try:
+                collection = self.head_collection(head)
+            except SimdexError:  # unknown or malformed: the servicer answers NOT_FOUND or INVALID_ARGUMENT
+                return
+            if not token.allows(rule.access, collection):
+                self._abort(context, token, method, token.denial(method, rule.access, collection, head))
+
+    @staticmethod
+    def _abort(context, token: Token, method: str, message: str) -> None:
+        _log_refusal(token, method, message)
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+
+
+def _log_refusal(token: Token, method: str, message: str) -> None:
+    LOG.info("%s refused to token %r: %s", method, token.name, message)  # the name, never the secret
+
+
+def _listed(token: Token, rule: Rule, response):
+    """`response` without the listed entries whose collection `token` does not cover at the rule's access."""
+    if rule.listing is None or response is None:
+        return response
+    field, key = rule.listing
+    kept = [e for e in getattr(response, field) if token.allows(rule.access, getattr(e, key))]
+    out = type(response)()
+    out.CopyFrom(response)
+    del getattr(out, field)[:]
+    getattr(out, field).extend(kept)
+    return out
+
+
+class _Replayed:
+    """A request stream whose first message was read already: that message, then every read goes to the stream
+    itself (also the reads after its end, which simdex.server.calls.client_stream relies on to see a cancel)."""
+
+    def __init__(self, first, rest):
+        self._first, self._rest = first, rest
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return next(self._rest)
