@@ -72,3 +72,12 @@ def from_code(code: str, message: str, item: int | None = None) -> SimdexError:
     if cls is SimdexError:
         err.code = code
     return err
+
+
+def not_a_json_object(what: str, got, why: str = "", item: int | None = None) -> InvalidArgument:
+    """The error for a field that holds a JSON object as text (filter, metadata, labels, params) when it does not:
+    it says what the field must be and shows what came (the start of the text, or the JSON type it parsed to), so a
+    caller that sent an object's string form ("[object Object]") sees why."""
+    shown = repr(got[:80]) if isinstance(got, str) else type(got).__name__
+    return InvalidArgument(f"{what} must be a JSON object encoded as text, got {shown}{f' ({why})' if why else ''}",
+                           item=item)

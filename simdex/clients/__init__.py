@@ -1,9 +1,11 @@
-"""The simdex client SDK: `Client("host:port")` over gRPC, or `Client.local(path)` in-process.
+"""The simdex client SDK: `Client("host:port")` over gRPC, or `Client.local(path)` in-process; `AsyncClient`
+for asyncio (grpc.aio), with the same methods, awaitable.
 
 Needs only grpcio, protobuf and numpy (the in-process mode needs the server extra).
 """
 from __future__ import annotations
 
+from simdex.clients.async_client import AsyncClient
 from simdex.clients.client import Client
 from simdex.errors import (
     AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound, PermissionDenied,
@@ -14,7 +16,7 @@ from simdex.types import (
 )
 
 __all__ = [
-    "Client", "Cluster", "ClusterResult", "CollectionInfo", "EmbedderInfo", "Embedding",
+    "AsyncClient", "Client", "Cluster", "ClusterResult", "CollectionInfo", "EmbedderInfo", "Embedding",
     "HeadInfo", "Item", "Prediction", "SearchResult",
     "SimdexError", "AlreadyExists", "DeadlineExceeded",
     "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted",

@@ -8,8 +8,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from simdex.clients.plans import Call, Plan
 from simdex.distances import worst
-from simdex.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SimdexError
+from simdex.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SimdexError, not_a_json_object
 from simdex.types import Prediction, SearchParams, SearchResult
 
 PER_ROW_OVERHEAD = 64   # bytes of framing per item in a message, on top of vector, id and metadata
@@ -34,7 +35,7 @@ def json_texts(metadata: Sequence[Any] | None, n: int) -> list[str]:
             except (TypeError, ValueError) as exc:
                 raise InvalidArgument(f"metadata[{i}]: not JSON-serialisable ({exc})") from None
         else:
-            raise InvalidArgument(f"metadata[{i}]: expected a dict, got {type(m).__name__}")
+            raise not_a_json_object(f"metadata[{i}]", m, "give a dict or its JSON text", item=i)
     return out
 
 
@@ -61,6 +62,8 @@ def filter_text(filter: dict | str | None) -> str:  # noqa: A002
     """A metadata filter as the JSON text the service parses ("" for none)."""
     if filter is None:
         return ""
+    if not isinstance(filter, (dict, str)):
+        raise not_a_json_object("filter", filter, "give a dict or its JSON text")
     return filter if isinstance(filter, str) else json.dumps(filter)
 
 
@@ -97,18 +100,18 @@ def items_from(offset: int) -> Iterator[None]:
         raise
 
 
-def shrinking(call: Callable[[Sequence], list], rows: Sequence) -> list:
-    """call(rows); when the answer is over the message limit (ResourceExhausted), halve and retry. The answers of
-    the parts, concatenated."""
+def shrinking(call: Callable[[Sequence], Call], rows: Sequence) -> Plan:
+    """A plan (simdex.clients.plans) making the transport call `call(rows)`; when the answer is over the message
+    limit (ResourceExhausted), halve and retry. Its result: the answers of the calls, one per part, in order."""
     try:
-        return list(call(rows))
+        return [(yield call(rows))]
     except ResourceExhausted:
         if len(rows) == 1:
             raise
     half = len(rows) // 2
-    first = shrinking(call, rows[:half])
+    first = yield from shrinking(call, rows[:half])
     with items_from(half):
-        return first + shrinking(call, rows[half:])
+        return first + (yield from shrinking(call, rows[half:]))
 
 
 def search_params(params: dict | None) -> SearchParams:

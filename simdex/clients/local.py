@@ -99,3 +99,9 @@ class LocalTransport:
 
     def translate(self, model, texts, beam, max_len):
         return self.service.translate(model, texts, beam, max_len)
+
+    # ---- operations --------------------------------------------------------------------------------------
+    def backup(self, out):
+        from simdex.service.backup import backup  # noqa: PLC0415 - the server extra, as the service itself
+
+        return backup(self.service, out)

@@ -72,3 +72,6 @@ class Transport(Protocol):
     def embed(self, embedder: str, images: Sequence[bytes], texts: Sequence[str], all_frames: bool) -> Embedding: ...
 
     def translate(self, model: str, texts: list[str], beam: int, max_len: int) -> list[tuple[str, float]]: ...
+
+    def backup(self, out: str) -> dict:
+        """A consistent copy of the whole store written to the new folder `out` on this machine; its manifest."""

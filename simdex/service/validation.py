@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any, Sequence
 
-from simdex.errors import InvalidArgument
+from simdex.errors import InvalidArgument, not_a_json_object
 from simdex.store.filters import INT64_MAX, INT64_MIN, scalar_problem, text_problem
 from simdex.store.tables import CollectionRow, ItemRow
 from simdex.types import SearchParams
@@ -131,7 +131,7 @@ def _path(where) -> str:
 def _json_object(t: str | dict, i: int) -> dict:
     """One metadata entry (JSON object text or a dict) -> a dict the store can hold, or InvalidArgument."""
     if not isinstance(t, (str, dict)):
-        raise InvalidArgument(f"metadata[{i}]: expected JSON object text or a dict, got {type(t).__name__}", item=i)
+        raise not_a_json_object(f"metadata[{i}]", t, item=i)
     try:
         if isinstance(t, dict):  # in-process callers: the same checks as for text
             try:
@@ -141,11 +141,11 @@ def _json_object(t: str | dict, i: int) -> dict:
         try:
             obj = json.loads(t, parse_constant=_reject_constant)
         except ValueError as exc:
-            raise InvalidArgument(f"metadata[{i}]: not valid JSON ({exc})", item=i) from None
+            raise not_a_json_object(f"metadata[{i}]", t, f"not valid JSON: {exc}", item=i) from None
     except RecursionError:
         raise InvalidArgument(f"metadata[{i}]: nested deeper than {MAX_JSON_DEPTH} levels", item=i) from None
     if not isinstance(obj, dict):
-        raise InvalidArgument(f"metadata[{i}]: must be a JSON object, got {type(obj).__name__}", item=i)
+        raise not_a_json_object(f"metadata[{i}]", t, f"a JSON {type(obj).__name__}", item=i)
     problem = json_problem(obj)
     if problem:
         raise InvalidArgument(f"metadata[{i}]: {problem}", item=i)
@@ -166,11 +166,22 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")  # NaN and Infinity: Python's json accepts them, JSON does not
 
 
-def check_search_params(params: SearchParams) -> SearchParams:
-    """Each knob an integer in 0..MAX_PARAM (0: the index kind's default)."""
-    for key, v in (("nprobe", params.nprobe), ("efSearch", params.ef_search), ("k_factor", params.k_factor)):
+KNOBS = (("nprobe", "nprobe"), ("ef_search", "efSearch"), ("k_factor", "k_factor"))  # (SearchParams field, name)
+
+
+def check_search_params(params: SearchParams, knobs: frozenset[str], index: str) -> SearchParams:
+    """Each knob an integer in 0..MAX_PARAM (0: the index kind's default), and none set that index kind `index`
+    does not read (`knobs`: its SearchParams fields, index.ann.search_knobs), so none is silently ignored."""
+    for field, key in KNOBS:
+        v = getattr(params, field)
         if not isinstance(v, int) or v < 0 or v > MAX_PARAM:
             raise InvalidArgument(f"params.{key} must be an integer in 0..{MAX_PARAM}, got {v!r}")
+    if params.nprobe or params.ef_search or params.k_factor:
+        unused = [key for field, key in KNOBS if getattr(params, field) and field not in knobs]
+        if unused:
+            takes = ", ".join(key for field, key in KNOBS if field in knobs) or "no search parameters"
+            raise InvalidArgument(f"params {', '.join(unused)}: index {index!r} does not use "
+                                  f"{'them' if len(unused) > 1 else 'it'}; it takes {takes}")
     return params
 
 

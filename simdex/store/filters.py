@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Float, and_, cast, false, func, literal, not_, or_, select, true
 from sqlalchemy.dialects.postgresql import JSONB
 
-from simdex.errors import InvalidArgument
+from simdex.errors import InvalidArgument, not_a_json_object
 
 # \A...\Z: a whole-string match even through re.match ("a\n" is not "a"; `$` would match before the newline).
 FIELD_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_\-]{0,127}\Z")
@@ -93,14 +93,14 @@ def _load(text: str | dict) -> dict:
         try:
             spec = json.loads(text)
         except ValueError as exc:
-            raise InvalidArgument(f"filter: not valid JSON ({exc})") from None
+            raise not_a_json_object("filter", text, f"not valid JSON: {exc}") from None
         except RecursionError:
             raise InvalidArgument("filter: nested too deeply (a filter is {field: value} or {field: {op: value}})"
                                   ) from None
     else:
         spec = text
     if not isinstance(spec, dict):
-        raise InvalidArgument(f"filter: must be a JSON object of field conditions, got {type(spec).__name__}")
+        raise not_a_json_object("filter", text, f"a JSON {type(spec).__name__}, not an object of field conditions")
     return spec
 
 
@@ -137,6 +137,15 @@ def parse(text: str | dict | None) -> Filter:
             raise InvalidArgument(f"filter: {field}: empty operator object")
         conds.extend(_rule(field, op, v) for op, v in rule.items())
     return tuple(conds)
+
+
+def cache_key(spec: Filter) -> tuple:
+    """A hashable key equal only for filters that match the same items: Cond's own equality is Python's, where
+    True == 1 == 1.0, but JSON types are strict here (true never matches 1), so each value carries its type."""
+    def typed(v: Any) -> tuple:
+        return (type(v).__name__, tuple(map(typed, v)) if isinstance(v, tuple) else v)
+
+    return tuple((c.field, c.op, typed(c.value)) for c in spec)
 
 
 # ---- SQL -----------------------------------------------------------------------------------------------------
