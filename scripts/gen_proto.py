@@ -1,10 +1,13 @@
-"""Generate simdex/proto/*_pb2*.py(i) from proto/simdex/v1/*.proto. The only way stubs are made.
+"""Generate simdex/proto/*_pb2*.py(i) from proto/simdex/v1/*.proto, and ship a copy of each .proto beside them.
+The only way stubs are made.
 
 Usage: python scripts/gen_proto.py [--out DIR]   (DIR defaults to the repository root)
 
 The include mapping `simdex/proto=proto/simdex/v1` makes protoc write `simdex/proto/simdex_pb2.py` whose
-gRPC module imports `from simdex.proto import simdex_pb2`, so the stubs live inside the package.
-Versions are pinned in pyproject's `dev` extra (grpcio-tools, mypy-protobuf); tests/test_proto_stubs.py fails
+gRPC module imports `from simdex.proto import simdex_pb2`, so the stubs live inside the package. The copy
+`simdex/proto/simdex.proto` is package data (`simdex proto` prints it, for clients in other languages); its path
+in the package is the file name the descriptors and reflection give it.
+Versions are pinned in pyproject's `dev` extra (grpcio-tools, mypy-protobuf); tests/server/test_proto_stubs.py fails
 when the committed files differ from a fresh run.
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto" / "simdex" / "v1"
 GENERATED = ("simdex_pb2.py", "simdex_pb2.pyi", "simdex_pb2_grpc.py", "simdex_pb2_grpc.pyi")
+SHIPPED = ("simdex.proto",)  # copied unchanged: the contract other languages read, comments included
 
 
 def generate(out: Path) -> list[Path]:
@@ -46,7 +50,9 @@ def generate(out: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return [out / "simdex" / "proto" / name for name in GENERATED]
+    for name in SHIPPED:
+        shutil.copyfile(PROTO_DIR / name, out / "simdex" / "proto" / name)
+    return [out / "simdex" / "proto" / name for name in GENERATED + SHIPPED]
 
 
 def main() -> None:

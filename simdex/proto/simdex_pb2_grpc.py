@@ -124,6 +124,11 @@ class SimdexStub:
                 request_serializer=simdex_dot_proto_dot_simdex__pb2.TranslateRequest.SerializeToString,
                 response_deserializer=simdex_dot_proto_dot_simdex__pb2.TranslateResponse.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/simdex.v1.Simdex/Backup',
+                request_serializer=simdex_dot_proto_dot_simdex__pb2.BackupRequest.SerializeToString,
+                response_deserializer=simdex_dot_proto_dot_simdex__pb2.BackupChunk.FromString,
+                _registered_method=True)
 
 
 class SimdexServicer:
@@ -237,6 +242,12 @@ class SimdexServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SimdexServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -329,6 +340,11 @@ def add_SimdexServicer_to_server(servicer, server):
                     servicer.Translate,
                     request_deserializer=simdex_dot_proto_dot_simdex__pb2.TranslateRequest.FromString,
                     response_serializer=simdex_dot_proto_dot_simdex__pb2.TranslateResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=simdex_dot_proto_dot_simdex__pb2.BackupRequest.FromString,
+                    response_serializer=simdex_dot_proto_dot_simdex__pb2.BackupChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -817,6 +833,33 @@ class Simdex:
             '/simdex.v1.Simdex/Translate',
             simdex_dot_proto_dot_simdex__pb2.TranslateRequest.SerializeToString,
             simdex_dot_proto_dot_simdex__pb2.TranslateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/simdex.v1.Simdex/Backup',
+            simdex_dot_proto_dot_simdex__pb2.BackupRequest.SerializeToString,
+            simdex_dot_proto_dot_simdex__pb2.BackupChunk.FromString,
             options,
             channel_credentials,
             insecure,

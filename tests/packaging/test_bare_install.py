@@ -62,6 +62,15 @@ def test_bare_client_searches_a_real_server(bare_python, server, remote, tmp_pat
     assert got["ids"] == [[f"v{i}" for i in row] for row in I]
 
 
+def test_bare_install_ships_the_proto_and_prints_it(bare_python, tmp_path):
+    record = "from importlib.metadata import files; print([str(f) for f in files('simdex') if f.suffix == '.proto'])"
+    out = subprocess.run([str(bare_python), "-c", record], check=True, capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.strip() == "['simdex/proto/simdex.proto']"  # in the wheel's RECORD
+    printed = subprocess.run([str(bare_python.parent / "simdex"), "proto"], check=True, capture_output=True,
+                             text=True, cwd=tmp_path).stdout
+    assert printed == (ROOT / "proto" / "simdex" / "v1" / "simdex.proto").read_text()
+
+
 def test_bare_serve_names_the_extras_in_one_line(bare_python, tmp_path):
     simdex = bare_python.parent / "simdex"
     r = subprocess.run([str(simdex), "serve", "--data", str(tmp_path / "d"), "--port", "0"],

@@ -1,10 +1,10 @@
-"""The committed stubs equal a fresh run of the one generating script."""
+"""The committed stubs, and the shipped copy of the .proto, equal a fresh run of the one generating script."""
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-STUBS = ("simdex_pb2.py", "simdex_pb2.pyi", "simdex_pb2_grpc.py", "simdex_pb2_grpc.pyi")
+STUBS = ("simdex_pb2.py", "simdex_pb2.pyi", "simdex_pb2_grpc.py", "simdex_pb2_grpc.pyi", "simdex.proto")
 
 
 def test_committed_stubs_match_fresh_generation(tmp_path):
