@@ -151,13 +151,13 @@ class FileDataset:
             frames = decode_image(data, it.id, self.all_frames)
             x = torch.stack([self.preprocess(f.rgb) for f in frames])
         except OSError as e:
-            return Failed(i, it.id, str(it.path), f"cannot read: {e.strerror or e}")
+            return Failed(i, it.id, it.where, f"cannot read: {e.strerror or e}")
         except SimdexError as e:
-            return Failed(i, it.id, str(it.path), without_label(e.message, it.id))  # the report has the id
+            return Failed(i, it.id, it.where, without_label(e.message, it.id))  # the report has the id
         digest = hashlib.sha256(data).hexdigest()
         dicom = is_dicom(data)
         ids = frame_ids(it.id, len(frames), self.all_frames)
-        metas = [item_metadata(it.path, f.metadata, f.frame if dicom else None) for f in frames]
+        metas = [item_metadata(it, f.metadata, f.frame if dicom else None) for f in frames]
         return Loaded(i, x, ids, metas, frame_hashes(digest, len(ids)))
 
 

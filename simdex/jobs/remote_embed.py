@@ -65,13 +65,13 @@ def _send_single(job: Job, files: list[src.Planned]) -> None:
                 files = files[i:]
                 continue
             bad = files[0]  # over the budget on its own
-            job.fail(bad.item.id, str(bad.item.path), without_label(e.message, item_label("images", 0, bad.ids[0])))
+            job.fail(bad.item.id, bad.item.where, without_label(e.message, item_label("images", 0, bad.ids[0])))
             files = files[1:]
             continue
         except (InvalidArgument, FailedPrecondition) as e:
             i = _input_at_fault(e, len(files))
             bad = files[i]
-            job.fail(bad.item.id, str(bad.item.path), without_label(e.message, item_label("images", i, bad.ids[0])))
+            job.fail(bad.item.id, bad.item.where, without_label(e.message, item_label("images", i, bad.ids[0])))
             if i:
                 _send_single(job, files[:i])
             files = files[i + 1:]
@@ -81,7 +81,7 @@ def _send_single(job: Job, files: list[src.Planned]) -> None:
 
 
 def _upsert(job: Job, files: list[src.Planned]) -> None:
-    metas = [src.item_metadata(p.item.path, {}, p.n_frames // 2 if p.dicom else None) for p in files]
+    metas = [src.item_metadata(p.item, {}, p.n_frames // 2 if p.dicom else None) for p in files]
     job.c.upsert(job.o.collection, [p.ids[0] for p in files], metadata=metas,
                  content_hashes=[p.hashes[0] for p in files], images=[p.data for p in files])
 
@@ -92,10 +92,10 @@ def _send_frames(job: Job, embedder: str, p: src.Planned) -> None:
         e = job.c.embed_items(embedder, images=[p.data], all_frames=True)
     except (InvalidArgument, FailedPrecondition) as err:
         _input_at_fault(err, 1)
-        job.fail(p.item.id, str(p.item.path), without_label(err.message, item_label("images", 0)))
+        job.fail(p.item.id, p.item.where, without_label(err.message, item_label("images", 0)))
         return
     ids = src.frame_ids(p.item.id, len(e.vectors), True)
     hashes = src.frame_hashes(p.hashes[0].split("#")[0], len(ids))
-    metas = [src.item_metadata(p.item.path, e.metadata[r], int(e.frame_index[r])) for r in range(len(ids))]
+    metas = [src.item_metadata(p.item, e.metadata[r], int(e.frame_index[r])) for r in range(len(ids))]
     job.c.upsert(job.o.collection, ids, e.vectors, metas, hashes, embedder_fingerprint=e.fingerprint)
     job.advance(1, indexed=len(ids))

@@ -1,8 +1,10 @@
 """What `simdex index` reads: the files of a folder or a list, or the rows of a .npy / Parquet file of vectors.
 
 File sources give `FileItem`s (id = the path relative to the folder, or to the list file's folder, posix style),
-planned (read, hashed, frames counted) into `Planned` files. Vector sources give `VectorBlock`s. What a decoding
-worker does with a file lives with the local-embedding pipeline (simdex.jobs.local_embed)."""
+planned (read, hashed, frames counted) into `Planned` files; a PACS source (simdex.jobs.dicomweb) gives FileItems
+too, with an `origin` (the instance's WADO-RS URL) and a path its bytes are spooled to. Vector sources give
+`VectorBlock`s. What a decoding worker does with a file lives with the local-embedding pipeline
+(simdex.jobs.local_embed)."""
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +27,16 @@ VECTOR_EXTS = frozenset({".npy", ".parquet", ".pq"})
 
 @dataclass(frozen=True)
 class FileItem:
-    """One input file: `id` (posix path relative to the source root) and where it is."""
+    """One input file: `id` (posix path relative to the source root) and where it is. `origin`: where a file that is
+    a copy came from (a PACS instance's WADO-RS URL; its `path` is then a temporary spool file); '' for files."""
     id: str
     path: Path
+    origin: str = ""
+
+    @property
+    def where(self) -> str:
+        """What reports name: the origin of a copy, else the file's path."""
+        return self.origin or str(self.path)
 
 
 @dataclass
@@ -114,9 +123,13 @@ class Planned:
 
 def plan_file(index: int, item: FileItem, all_frames: bool, keep_bytes: bool) -> Planned:
     """Read and hash one file (raises OSError). Multi-frame DICOM headers are parsed to learn the frame count."""
+    return plan_bytes(index, item, item.path.read_bytes(), all_frames, keep_bytes)
+
+
+def plan_bytes(index: int, item: FileItem, data: bytes, all_frames: bool, keep_bytes: bool) -> Planned:
+    """Plan `item` from its bytes `data`: sha256, DICOM or not, frame count, ids and content hashes."""
     from simdex.embedder.dicom_file import is_dicom  # noqa: PLC0415 - pydicom loads on demand
 
-    data = item.path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     dicom = is_dicom(data)
     n = frames_in(data) if dicom else 1
@@ -150,9 +163,10 @@ def frame_hashes(digest: str, n: int) -> list[str]:
     return [digest] if n == 1 else [f"{digest}#{f}" for f in range(n)]
 
 
-def item_metadata(path: Path, tags: dict, frame: int | None) -> dict:
-    """What an item stores: the allow-listed DICOM tags, its file's absolute path and, for DICOM, the frame."""
-    meta = {**tags, "path": str(Path(path).absolute())}
+def item_metadata(item: FileItem, tags: dict, frame: int | None) -> dict:
+    """What an item stores: the allow-listed DICOM tags, its file's absolute path (none for a copy: a PACS instance
+    is found again by its UIDs, which are among the tags) and, for DICOM, the frame."""
+    meta = dict(tags) if item.origin else {**tags, "path": str(Path(item.path).absolute())}
     if frame is not None:
         meta["frame"] = int(frame)
     return meta
