@@ -23,7 +23,7 @@ def _open(args):
 
 def _summary(res) -> str:
     """A plain-text table of the hits, for a terminal."""
-    from simdex.lookup.page import score_meaning  # noqa: PLC0415
+    from simdex.lookup.grouping import score_meaning  # noqa: PLC0415
 
     lines = [f"{res.query_name} in {res.collection!r} ({res.embedder}); score: {score_meaning(res.metric)}"]
     for h in res.hits:

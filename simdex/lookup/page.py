@@ -2,7 +2,8 @@
 series, as a result object, as JSON, and as a self-contained HTML page with thumbnails.
 
 The server embeds the query (Search with raw images) and stores no pixels, so neighbour thumbnails are decoded from
-the files the items were indexed from: each item's `path` metadata, relative to a root folder (or absolute).
+the files the items were indexed from: each item's `path` metadata, relative to a root folder (or absolute). The
+search, the grouping and the thumbnails are simdex.lookup.grouping's, shared with the web page (simdex.web).
 
 Privacy: the only facts taken from the query's header are the allow-listed tags that `decode_image` returns
 (simdex.embedder.dicom.SAFE_TAGS); the header itself is never read here. Every text that reaches the page (ids,
@@ -19,58 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from simdex.distances import BIGGER_IS_BETTER
-from simdex.embedder.decode import decode_image, iter_frames, thumbnail_png
-from simdex.errors import FailedPrecondition, InvalidArgument, SimdexError
-from simdex.lookup.files import MAX_FILE_BYTES, UnreadableFile, read_file
+from simdex.embedder.decode import thumbnail_png
+from simdex.lookup.grouping import (SERIES, STUDY, Hit, Study, Thumbnails, group_hits, score_meaning,
+                                    search_similar, uid)
 
 LOG = logging.getLogger(__name__)
 
 QUERY_SIDE = 320          # longest side of the query's thumbnail, pixels
-HIT_SIDE = 200            # ... of each neighbour's
-STUDY, SERIES = "StudyInstanceUID", "SeriesInstanceUID"
 # (metadata key, label) shown on each card; everything else stays in the JSON.
 CARD_FIELDS = (("Modality", "modality"), ("BodyPartExamined", "body part"), ("SeriesNumber", "series no."),
                ("InstanceNumber", "instance no."))
 QUERY_FIELDS = (("Modality", "modality"), ("BodyPartExamined", "body part"), ("Manufacturer", "manufacturer"),
                 (STUDY, "study"), (SERIES, "series"), ("SeriesNumber", "series no."),
                 ("InstanceNumber", "instance no."), ("NumberOfFrames", "frames"))
-_METRIC_NAMES = {"l2": "squared L2 distance", "ip": "inner product", "cosine": "cosine similarity"}
-
-
-@dataclass
-class Hit:
-    """One neighbour. `distance` is the collection metric's score (a similarity for ip/cosine); `thumbnail` PNG
-    bytes, or None with `problem` saying why (no path, file not found, cannot decode ...)."""
-    rank: int                      # 1 = nearest
-    id: str
-    distance: float
-    metadata: dict
-    thumbnail: bytes | None = None
-    problem: str = ""
-
-    @property
-    def study(self) -> str | None:
-        return _uid(self.metadata, STUDY)
-
-    @property
-    def series(self) -> str | None:
-        return _uid(self.metadata, SERIES)
-
-
-@dataclass
-class Series:
-    uid: str | None                # None: hits of the study that carry no SeriesInstanceUID
-    hits: list[Hit]
-
-
-@dataclass
-class Study:
-    uid: str
-    series: list[Series]
-
-    @property
-    def hits(self) -> list[Hit]:
-        return [h for s in self.series for h in s.hits]
 
 
 @dataclass
@@ -107,17 +69,6 @@ class LookupResult:
         }
 
 
-def score_meaning(metric: str) -> str:
-    """'cosine similarity, higher is closer' and the like, from the metric's declared direction."""
-    side = "higher" if BIGGER_IS_BETTER[metric] else "lower"
-    return f"{_METRIC_NAMES.get(metric, metric)}, {side} is closer"
-
-
-def _uid(meta: dict, key: str) -> str | None:
-    v = meta.get(key)
-    return v.strip() if isinstance(v, str) and v.strip() else None
-
-
 # ---- the lookup ---------------------------------------------------------------------------------------------------
 def lookup(client, collection: str, query: bytes, k: int = 8, *, root: str | Path | None = None,
            query_name: str = "query", filter: dict | None = None) -> LookupResult:  # noqa: A002
@@ -126,19 +77,7 @@ def lookup(client, collection: str, query: bytes, k: int = 8, *, root: str | Pat
     Neighbour thumbnails come from each hit's `path` metadata, joined to `root` (default: the current directory;
     absolute paths are taken as they are). A hit whose file is absent or unreadable keeps `thumbnail=None` and a
     `problem`; nothing fails for it."""
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise InvalidArgument(f"k must be a positive integer, got {k!r}")
-    if not isinstance(query, (bytes, bytearray, memoryview)):
-        raise InvalidArgument(f"query: expected the encoded file's bytes, got {type(query).__name__}")
-    query = bytes(query)
-    shown = decode_image(query, query_name)[0]  # a bad file fails here, named, before any server call
-    info = client.get_collection(collection)
-    if not info.embedder:
-        raise FailedPrecondition(f"collection {collection!r} has no embedder: lookup sends raw images, which only "
-                                 "a collection created with an embedder can embed")
-    r = client.search(collection, images=[query], k=k, include_metadata=True, filter=filter)
-    ids, dist, metas = r.ids[0], r.distances[0], r.metadata[0]
-    hits = [Hit(i + 1, id_, float(dist[i]), dict(metas[i])) for i, id_ in enumerate(ids)]
+    info, shown, hits = search_similar(client, collection, query, k, query_name, filter)
     thumbs = Thumbnails(root)
     for h in hits:
         h.thumbnail, h.problem = thumbs.get(h.metadata)
@@ -147,59 +86,6 @@ def lookup(client, collection: str, query: bytes, k: int = 8, *, root: str | Pat
              len(studies), sum(h.thumbnail is None for h in hits))
     return LookupResult(collection, info.embedder, info.metric, k, query_name, dict(shown.metadata),
                         thumbnail_png(shown.rgb, QUERY_SIDE), hits, studies, ungrouped)
-
-
-def group_hits(hits: list[Hit]) -> tuple[list[Study], list[Hit]]:
-    """Hits -> (studies, ungrouped). A study holds its series; studies, series and hits keep the order of their
-    best (first) hit, so the nearest match's study comes first. Hits without a StudyInstanceUID are ungrouped;
-    hits of a study without a SeriesInstanceUID form that study's series None."""
-    studies: dict[str, dict[str | None, list[Hit]]] = {}
-    ungrouped = []
-    for h in sorted(hits, key=lambda h: h.rank):
-        if h.study is None:
-            ungrouped.append(h)
-        else:
-            studies.setdefault(h.study, {}).setdefault(h.series, []).append(h)
-    return [Study(uid, [Series(s, hs) for s, hs in series.items()]) for uid, series in studies.items()], ungrouped
-
-
-class Thumbnails:
-    """PNG thumbnails of the files named by items' `path` metadata, each file decoded once. Only regular files of
-    at most `max_bytes` are read (simdex.lookup.files): any other path is reported as unreadable, never opened."""
-
-    def __init__(self, root: str | Path | None = None, max_side: int = HIT_SIDE, max_bytes: int = MAX_FILE_BYTES):
-        self.root = Path(root) if root is not None else Path.cwd()
-        self.max_side, self.max_bytes = max_side, max_bytes
-        self._done: dict[tuple[str, int | None], tuple[bytes | None, str]] = {}
-
-    def get(self, meta: dict) -> tuple[bytes | None, str]:
-        """(PNG bytes, "") or (None, why not). A `frame` key (int, 0-based; the batch indexer writes it) picks that
-        frame of a multi-frame DICOM; without it the middle frame, the one the server embeds."""
-        path = meta.get("path")
-        if not isinstance(path, str) or not path:
-            return None, "no 'path' in the item's metadata"
-        frame = meta.get("frame")
-        frame = frame if isinstance(frame, int) and not isinstance(frame, bool) else None
-        key = (path, frame)
-        if key not in self._done:
-            self._done[key] = self._make(self.root / path, frame)
-        return self._done[key]
-
-    def _make(self, p: Path, frame: int | None) -> tuple[bytes | None, str]:
-        try:
-            data = read_file(p, self.max_bytes)  # regular files only: never a device, a FIFO or a directory
-        except UnreadableFile as e:
-            return None, e.reason
-        try:
-            shown = decode_image(data, str(p))[0]  # the middle frame: what the server embeds without all_frames
-            if frame is not None and shown.frame != frame:  # an item of one frame of a multi-frame file
-                # frames decode one at a time: stop at the wanted one instead of decoding (and holding) them all
-                shown = next((f for f in iter_frames(data, str(p), all_frames=True) if f.frame == frame), None)
-        except SimdexError as e:
-            return None, e.message
-        if shown is None:
-            return None, f"{p} has no frame {frame}"
-        return thumbnail_png(shown.rgb, self.max_side), ""
 
 
 # ---- HTML ---------------------------------------------------------------------------------------------------------
@@ -317,7 +203,7 @@ def render_html(res: LookupResult) -> str:
                     "their files were not found or not readable (see the marked cards; --root sets the folder "
                     "that item paths are relative to).</p>")
     body.append("</div></header>")
-    groups = [_study(st, _uid(res.query_metadata, STUDY), label) for st in res.studies]
+    groups = [_study(st, uid(res.query_metadata, STUDY), label) for st in res.studies]
     if res.ungrouped:
         groups.append(f'<section class="group"><h2>Ungrouped {_count(res.ungrouped)}<span class="count"> &middot; '
                       f"no StudyInstanceUID</span></h2>{_grid(res.ungrouped, label)}</section>")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from simdex.clients import Client, FailedPrecondition, InvalidArgument
+from simdex.lookup import grouping
 from simdex.lookup import page as lk
 
 EMB = "densenet-bc-random"  # small (32x32 input), random weights: fast, nothing to download
@@ -133,12 +134,12 @@ def test_hits_are_grouped_by_study_then_series(result):
 
 def test_group_hits_handles_missing_and_odd_uids():
     def hit(rank, **meta):
-        return lk.Hit(rank, f"h{rank}", 0.0, meta)
+        return grouping.Hit(rank, f"h{rank}", 0.0, meta)
 
     hits = [hit(3, StudyInstanceUID="A", SeriesInstanceUID="s1"), hit(1, StudyInstanceUID="B"),
             hit(2, StudyInstanceUID="A", SeriesInstanceUID="s2"), hit(4, StudyInstanceUID="  "),
             hit(5, StudyInstanceUID=7, SeriesInstanceUID="s1"), hit(6, StudyInstanceUID="A", SeriesInstanceUID="s1")]
-    studies, ungrouped = lk.group_hits(hits)
+    studies, ungrouped = grouping.group_hits(hits)
     got = [(st.uid, [(se.uid, [h.rank for h in se.hits]) for se in st.series]) for st in studies]
     assert got == [("B", [(None, [1])]), ("A", [("s2", [2]), ("s1", [3, 6])])]
     assert [h.rank for h in ungrouped] == [4, 5]  # blank and non-string UIDs do not group
@@ -152,7 +153,7 @@ def test_thumbnails_are_the_windowed_decodes_of_the_files(world, result):
     by_id = {h.id: h for h in result.hits}
     for id_, rel in (("CT_small", "dcm/CT_small.dcm"), ("examples_overlay", "dcm/examples_overlay.dcm"),
                      ("p2", "png/p2.png")):
-        want = thumbnail_png(decode_image((world["root"] / rel).read_bytes())[0].rgb, lk.HIT_SIDE)
+        want = thumbnail_png(decode_image((world["root"] / rel).read_bytes())[0].rgb, grouping.HIT_SIDE)
         got = by_id[id_].thumbnail
         assert got is not None and np.array_equal(np.asarray(Image.open(io.BytesIO(got))),
                                                   np.asarray(Image.open(io.BytesIO(want))))
@@ -172,7 +173,7 @@ def test_paths_resolve_against_the_working_directory_or_absolutely(world, client
     r = lk.lookup(client, "scans", _png(0), k=world["n"])
     assert {h.id for h in r.missing} == {"gone", "no-path"}
     monkeypatch.chdir(tmp_path)  # relative paths now point nowhere; an absolute one still works
-    th = lk.Thumbnails()
+    th = grouping.Thumbnails()
     assert th.get({"path": "png/p0.png"})[0] is None
     png, problem = th.get({"path": str(world["root"] / "png" / "p0.png")})
     assert png is not None and problem == ""
@@ -186,11 +187,12 @@ def test_frame_metadata_picks_that_frame_of_a_multi_frame_file():
 
     path = Path(pydicom.data.__file__).parent / "test_files" / "SC_rgb_rle_2frame.dcm"
     frames = decode_image(path.read_bytes(), all_frames=True)
-    th = lk.Thumbnails()
+    th = grouping.Thumbnails()
     for f in frames:
         got, problem = th.get({"path": str(path), "frame": f.frame})
+        want = thumbnail_png(f.rgb, grouping.HIT_SIDE)
         assert problem == "" and np.array_equal(np.asarray(Image.open(io.BytesIO(got))),
-                                                np.asarray(Image.open(io.BytesIO(thumbnail_png(f.rgb, lk.HIT_SIDE)))))
+                                                np.asarray(Image.open(io.BytesIO(want))))
     assert th.get({"path": str(path), "frame": 0})[0] != th.get({"path": str(path), "frame": 1})[0]
     assert th.get({"path": str(path), "frame": 5}) == (None, f"{path} has no frame 5")
 
@@ -252,11 +254,10 @@ def cli_main():
 
 def test_cli_over_grpc_writes_the_page_and_prints_json(world, client, cli_main, tmp_path, capsys):
     from simdex.server.app import create_server
-    from simdex.service.facade import Simdex
 
-    # the module's data, served over gRPC by a second service in this process (both only read it)
-    service = Simdex(world["data"], None, snapshot_interval=0)
-    server, port, _ = create_server(service, "127.0.0.1:0")
+    # the module's data, served over gRPC by the in-process client's own service (one service per data
+    # directory: a second one on the same SQLite file is refused)
+    server, port, _ = create_server(client._transport.service, "127.0.0.1:0")
     server.start()
     q, out = tmp_path / "query.dcm", tmp_path / "out.html"
     q.write_bytes(world["query"])
@@ -265,7 +266,6 @@ def test_cli_over_grpc_writes_the_page_and_prints_json(world, client, cli_main, 
                        "--root", str(world["root"]), "--html", str(out), "--json"])
     finally:
         server.stop(grace=None).wait()
-        service.close()
     cap = capsys.readouterr()
     assert rc == 0
     doc = json.loads(cap.out)
