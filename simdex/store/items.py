@@ -16,7 +16,8 @@ from sqlalchemy.exc import IntegrityError
 
 from simdex.errors import AlreadyExists, FailedPrecondition, Internal, NotFound
 from simdex.store import filters
-from simdex.store.tables import CollectionRow, HeadRow, ItemRow
+from simdex.store.notify import announce
+from simdex.store.tables import CollectionRow, HeadRow, ItemRow, RemovedRow
 from simdex.types import Item
 from simdex.wire import to_bytes, unpack_floats
 
@@ -44,10 +45,24 @@ class CollectionRecord:
 
 
 @dataclass(frozen=True)
+class Changes:
+    """What was committed to one collection after sequence number `after`, up to `seq`: the internal ids removed
+    (deleted or replaced) and the rows added and still live. Applied in that order (removals, then additions),
+    they bring an index at `after` to `seq` (see Store.changes)."""
+    after: int
+    seq: int
+    removed: np.ndarray   # (m,) int64 internal ids
+    added: np.ndarray     # (n,) int64 internal ids, ascending
+    ext_ids: list[str]    # (n,) their external ids
+    vectors: np.ndarray   # (n, dim) float32
+
+
+@dataclass(frozen=True)
 class WriteResult:
     seq: int
     added_iids: np.ndarray      # (n,) int64, internal ids of the rows written
     removed_iids: np.ndarray    # (m,) int64, internal ids that no longer exist
+    base: int = 0               # the collection's seq just before this write, other servers' writes included
 
 
 class Store:
@@ -71,6 +86,7 @@ class Store:
                     embedder_fingerprint="", seq=0, next_iid=0, created_unix_ms=now,
                 ))
                 row = conn.execute(select(CollectionRow).where(CollectionRow.name == name)).one()
+                announce(conn, "create", row.id, 0)
         except IntegrityError:  # another server on this database created it between the check and the insert
             raise exists from None
         return CollectionRecord.of(row)
@@ -95,8 +111,10 @@ class Store:
             if row is None:
                 raise NotFound(f"collection {name!r} not found")
             conn.execute(delete(ItemRow).where(ItemRow.collection_id == row.id))
+            conn.execute(delete(RemovedRow).where(RemovedRow.collection_id == row.id))
             conn.execute(delete(HeadRow).where((HeadRow.collection_id == row.id) | (HeadRow.target_id == row.id)))
             conn.execute(delete(CollectionRow).where(CollectionRow.id == row.id))
+            announce(conn, "delete", row.id, row.seq)
         return CollectionRecord.of(row)
 
     def embedder_fingerprint(self, cid: int) -> str:
@@ -151,10 +169,12 @@ class Store:
             found.update({r.external_id: r.iid for r in rows})
         return found
 
-    def _delete_iids(self, conn, cid: int, iids: Sequence[int]) -> None:
+    def _delete_iids(self, conn, cid: int, iids: Sequence[int], seq: int) -> None:
+        """Delete the rows `iids`, logged as removed by the write of sequence number `seq` (tables.RemovedRow)."""
         for i in range(0, len(iids), CHUNK):
-            conn.execute(delete(ItemRow).where(ItemRow.collection_id == cid,
-                                               ItemRow.iid.in_(list(iids[i:i + CHUNK]))))
+            chunk = list(iids[i:i + CHUNK])
+            conn.execute(delete(ItemRow).where(ItemRow.collection_id == cid, ItemRow.iid.in_(chunk)))
+            conn.execute(insert(RemovedRow.__table__), [{"collection_id": cid, "iid": v, "seq": seq} for v in chunk])
 
     def upsert(self, col: "int | CollectionRecord", ids: Sequence[str], vectors: np.ndarray,
                metadata: Sequence[dict], hashes: Sequence[str], fingerprint: str = "") -> WriteResult:
@@ -163,11 +183,11 @@ class Store:
         n = len(ids)
         cid = col.id if isinstance(col, CollectionRecord) else int(col)
         with self.engine.begin() as conn:
-            seq, next_iid = self._lock_collection(conn, col, vectors.shape[1], fingerprint)
-            seq += 1
+            base, next_iid = self._lock_collection(conn, col, vectors.shape[1], fingerprint)
+            seq = base + 1
             old = self._existing(conn, cid, ids)
             removed = np.fromiter(old.values(), dtype=np.int64, count=len(old))
-            self._delete_iids(conn, cid, removed.tolist())
+            self._delete_iids(conn, cid, removed.tolist(), seq)
             added = np.arange(next_iid, next_iid + n, dtype=np.int64)
             rows = [
                 {"collection_id": cid, "iid": int(added[i]), "external_id": ids[i], "meta": metadata[i],
@@ -178,13 +198,15 @@ class Store:
             conn.execute(insert(ItemRow.__table__), rows)
             conn.execute(update(CollectionRow).where(CollectionRow.id == cid)
                          .values(seq=seq, next_iid=next_iid + n))
-        return WriteResult(seq, added, removed)
+            announce(conn, "write", cid, seq)
+        return WriteResult(seq, added, removed, base)
 
     def delete(self, col: "int | CollectionRecord", ids: Sequence[str], ignore_missing: bool) -> WriteResult:
         """Delete `ids` in one transaction from the collection `col` (its id or its record: see _lock_collection)."""
         cid = col.id if isinstance(col, CollectionRecord) else int(col)
         with self.engine.begin() as conn:
-            seq, _ = self._lock_collection(conn, col)
+            base, _ = self._lock_collection(conn, col)
+            seq = base
             old = self._existing(conn, cid, ids)
             missing = [i for i in ids if i not in old]
             if missing and not ignore_missing:
@@ -194,9 +216,10 @@ class Store:
             removed = np.fromiter(old.values(), dtype=np.int64, count=len(old))
             if len(removed):
                 seq += 1
-                self._delete_iids(conn, cid, removed.tolist())
+                self._delete_iids(conn, cid, removed.tolist(), seq)
                 conn.execute(update(CollectionRow).where(CollectionRow.id == cid).values(seq=seq))
-        return WriteResult(seq, np.zeros(0, np.int64), removed)
+                announce(conn, "write", cid, seq)
+        return WriteResult(seq, np.zeros(0, np.int64), removed, base)
 
     # ---- reads -------------------------------------------------------------------------------------------
     def get(self, cid: int, ids: Sequence[str], with_vectors: bool = True,
@@ -275,6 +298,29 @@ class Store:
             yield iids, _matrix(cid, dim, iids, [r[1] for r in rows])
             last = int(iids[-1])
 
+    def changes(self, cid: int, dim: int, after: int, max_rows: int) -> Changes | None:
+        """The changes committed to collection `cid` after sequence number `after` (None once it is deleted), up to
+        its newest, or fewer whole writes when those would add more than `max_rows` rows (at least one write).
+
+        Every write with a sequence number up to the one returned has committed (the collection row's lock orders
+        them), so nothing below it can still appear. A row read here may have been removed since by a newer write;
+        its removal is read by the next call."""
+        added_after = (ItemRow.collection_id == cid, ItemRow.seq > after)
+        with self.engine.connect() as conn:
+            newest = conn.execute(select(CollectionRow.seq).where(CollectionRow.id == cid)).scalar()
+            if newest is None:
+                return None
+            per_write = conn.execute(select(ItemRow.seq, func.count()).where(*added_after, ItemRow.seq <= newest)
+                                     .group_by(ItemRow.seq).order_by(ItemRow.seq)).all()
+            seq = max(after, _step_end(per_write, newest, max_rows))
+            rows = conn.execute(select(ItemRow.iid, ItemRow.external_id, ItemRow.vector)
+                                .where(*added_after, ItemRow.seq <= seq).order_by(ItemRow.iid)).all()
+            removed = conn.execute(select(RemovedRow.iid).where(
+                RemovedRow.collection_id == cid, RemovedRow.seq > after, RemovedRow.seq <= seq)).scalars().all()
+        added = np.array([r[0] for r in rows], dtype=np.int64)
+        return Changes(after, int(seq), np.array(removed, dtype=np.int64), added, [r[1] for r in rows],
+                       _matrix(cid, dim, added, [r[2] for r in rows]))
+
     def metadata(self, cid: int, iids: Sequence[int]) -> dict[int, dict]:
         out: dict[int, dict] = {}
         with self.engine.connect() as conn:
@@ -283,6 +329,17 @@ class Store:
                     ItemRow.collection_id == cid, ItemRow.iid.in_([int(v) for v in iids[i:i + CHUNK]])))
                 out.update({r[0]: r[1] for r in rows})
         return out
+
+
+def _step_end(per_write: Sequence[tuple[int, int]], newest: int, max_rows: int) -> int:
+    """The last sequence number of a step that adds at most `max_rows` rows (or one write's, if it alone has more),
+    from the (seq, rows added) of the writes up to `newest` that added rows, in order."""
+    total = 0
+    for seq, n in per_write:
+        if total and total + n > max_rows:
+            return seq - 1
+        total += n
+    return newest
 
 
 def _matrix(cid: int, dim: int, iids: np.ndarray, blobs: list[bytes]) -> np.ndarray:

@@ -57,6 +57,21 @@ class ItemRow(Base):
     )
 
 
+class RemovedRow(Base):
+    """An item row that a write removed (deleted, or replaced by a new row): its internal id and the sequence number
+    of the write. Replicas on one database (service/replication.py) read these to learn which ids left after the
+    sequence number their index is at; the items table keeps live rows only."""
+    __tablename__ = "removed_items"
+
+    collection_id: Mapped[int] = mapped_column(
+        ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True
+    )
+    iid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_removed_items_seq", "collection_id", "seq"),)
+
+
 class HeadRow(Base):
     """One version of a linear head. Weights are packed little-endian float32 arrays (never pickles): `weights`
     holds the arrays of `shapes` one after the other, e.g. W (out, dim) then b (out,)."""
