@@ -1,4 +1,5 @@
-"""`simdex index SOURCE --collection C`: embed a folder, a list of files or a vector file into a collection.
+"""`simdex index SOURCE --collection C`: embed a folder, a list of files, a vector file or the instances of a PACS
+(`dicomweb+http://HOST:PORT/dicom-web`) into a collection.
 
 Exit status: 0 when every input was stored (or already was), 1 when some failed (listed on stderr and in the error
 report; the next run tries them again), 2 for a simdex error that stopped the run, 130 when interrupted."""
@@ -6,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from simdex.cli.common import client_args, open_client
 
@@ -33,6 +33,20 @@ def _echo_error(row: dict) -> None:
         print(line, file=sys.stderr)
 
 
+PACS_FLAGS = ("modality", "study", "since", "pacs_token_file", "pacs_user", "pacs_password_file")
+
+
+def _pacs_options(args):
+    """The PacsOptions of a dicomweb+ source, or of PACS flags given with another source (the indexer refuses
+    those); None otherwise."""
+    from simdex.jobs import dicomweb  # noqa: PLC0415
+
+    if not dicomweb.is_dicomweb(args.source) and all(getattr(args, f) is None for f in PACS_FLAGS):
+        return None
+    auth = dicomweb.PacsAuth.from_files(args.pacs_token_file, args.pacs_user, args.pacs_password_file)
+    return dicomweb.PacsOptions(args.modality, tuple(args.study or ()), args.since, auth)
+
+
 def cmd_index(args) -> int:
     from simdex.jobs.indexer import Indexer, IndexOptions  # noqa: PLC0415
 
@@ -41,7 +55,8 @@ def cmd_index(args) -> int:
         device=args.device, workers=args.workers, batch_size=args.batch_size, chunk_size=args.chunk_size,
         inflight=args.inflight, all_frames=args.all_frames, metric=args.metric, index=args.index,
         ids_file=args.ids_file, vector_column=args.vector_column, id_column=args.id_column,
-        errors_file=args.errors, progress=not args.no_progress)
+        errors_file=args.errors, progress=not args.no_progress, pacs=_pacs_options(args), ray=args.ray,
+        ray_actors=args.ray_actors)
     client = _open_client(args)
     try:
         with client:
@@ -49,8 +64,9 @@ def cmd_index(args) -> int:
     except KeyboardInterrupt:
         print("simdex index: interrupted; acknowledged chunks are stored, run again to resume", file=sys.stderr)
         return 130
+    fetched = f"; fetched {s.fetched} from the PACS" if opts.pacs is not None else ""
     line = (f"indexed {s.indexed}, skipped {s.skipped}, failed {s.failed} in {s.seconds:.1f} s "
-            f"({s.mode}, collection {s.collection})" + (f"; failures in {s.errors_file}" if s.failed else ""))
+            f"({s.mode}, collection {s.collection}{fetched})" + (f"; failures in {s.errors_file}" if s.failed else ""))
     if args.json:
         print(line, file=sys.stderr)
         print(json.dumps(s.as_dict()))
@@ -62,8 +78,9 @@ def cmd_index(args) -> int:
 def add_parsers(sub) -> None:
     s = sub.add_parser("index", help="embed and store a folder of images/DICOM, a file list, or a .npy/Parquet "
                                      "file of vectors (resumable)")
-    s.add_argument("source", type=Path, help="a folder (recursive), a text file of paths (relative to its folder), "
-                                             "a .npy file of vectors or a Parquet file with a vector column")
+    s.add_argument("source", help="a folder (recursive), a text file of paths (relative to its folder), a .npy "
+                                  "file of vectors, a Parquet file with a vector column, or a PACS: "
+                                  "dicomweb+http://HOST:PORT/dicom-web (QIDO-RS and WADO-RS)")
     s.add_argument("--collection", required=True)
     s.add_argument("--embedder", help="embedder of the collection (needed to create it; checked otherwise)")
     s.add_argument("--data", help="index into this data directory in-process, instead of a server (--target)")
@@ -74,6 +91,12 @@ def add_parsers(sub) -> None:
     mode.add_argument("--local-embed", dest="remote_embed", action="store_const", const=False,
                       help="decode in parallel workers and embed here, send vectors (default for --data on a GPU host; "
                            "needs the weights here)")
+    mode.add_argument("--ray", nargs="?", const="auto", metavar="auto|local|ADDRESS",
+                      help="decode in Ray tasks and embed in Ray actors (pip install 'simdex[ray]'), upsert from here: "
+                           "auto (the default) joins the cluster of RAY_ADDRESS or one running here, else starts a "
+                           "local runtime on loopback; local always starts one; ADDRESS is a cluster's head HOST:PORT")
+    s.add_argument("--ray-actors", type=int, default=0, help="--ray: embedding actors, each holding the model "
+                                                             "(default: one per GPU, else one per two CPUs)")
     s.add_argument("--weights", help="weights file of the embedder for local embedding (default: torch hub cache)")
     s.add_argument("--device", help="where local embedding runs: cpu or cuda (default: the GPU when present)")
     s.add_argument("--workers", type=int, default=-1, help="decoding processes (default: cores - 1, at least 1)")
@@ -90,6 +113,14 @@ def add_parsers(sub) -> None:
                                                      "when absent)")
     s.add_argument("--errors", help="error report, JSON lines, rewritten per run "
                                     "(default: ./COLLECTION.index-errors.jsonl; removed when nothing failed)")
+    pacs = s.add_argument_group("PACS source (dicomweb+http://...)")
+    pacs.add_argument("--modality", help="only instances of this modality (e.g. CT)")
+    pacs.add_argument("--study", nargs="+", action="extend", metavar="UID",
+                      help="only these studies (StudyInstanceUIDs; repeatable)")
+    pacs.add_argument("--since", metavar="YYYYMMDD", help="only studies of this date or later (StudyDate)")
+    pacs.add_argument("--pacs-token-file", help="file holding a bearer token for the PACS")
+    pacs.add_argument("--pacs-user", help="user for the PACS's HTTP basic authentication")
+    pacs.add_argument("--pacs-password-file", help="file holding the password of --pacs-user")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     client_args(s)

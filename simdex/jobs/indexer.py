@@ -1,18 +1,21 @@
 """The batch indexing job behind `simdex index`: files (or rows of vectors) -> embeddings -> upserts, resumable.
 
 The job plans (reads and hashes files in blocks, asks the collection which ids already hold the same content hash,
-and skips those), then hands the rest to one of two pipelines: local embedding (simdex.jobs.local_embed: DataLoader
-workers decode, the model runs here, vectors are upserted) or remote embedding (simdex.jobs.remote_embed: the bytes
-go to the service, which decodes and embeds). Rows of a .npy / Parquet file are upserted as they are.
+and skips those), then hands the rest to one of three pipelines: local embedding (simdex.jobs.local_embed: DataLoader
+workers decode, the model runs here, vectors are upserted), remote embedding (simdex.jobs.remote_embed: the bytes
+go to the service, which decodes and embeds), or, with --ray, a Ray Data pipeline (simdex.jobs.ray_pipeline: decode
+tasks and embedding actors on a Ray cluster, upserts from here). Rows of a .npy / Parquet file are upserted as they are.
 
 Interrupting at any point loses at most the chunks not yet acknowledged; the next run skips what is stored with the
 same content hash (sha256 of the file bytes, '#frame' appended for the frames of a multi-frame DICOM) and sends
 the rest. Bad files never stop a run: each is reported (callback + a JSON-lines error report rewritten per run) and,
-being unstored, tried again by the next run."""
+being unstored, tried again by the next run. A PACS source (`dicomweb+http://...`, simdex.jobs.dicomweb) is listed
+with QIDO-RS, and only the instances not yet stored are fetched with WADO-RS, then planned from their bytes."""
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from simdex.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from simdex.jobs import local_embed, remote_embed
+from simdex.jobs import dicomweb, local_embed, ray_pipeline, remote_embed
 from simdex.jobs import sources as src
 from simdex.jobs.pipeline import ErrorReport, Uploader
 from simdex.wire import canonical_json, content_hash
@@ -52,6 +55,9 @@ class IndexOptions:
     id_column: str = "id"
     errors_file: str | None = None   # default: <collection>.index-errors.jsonl in the current folder
     progress: bool = True
+    pacs: dicomweb.PacsOptions | None = None  # dicomweb+ source: which instances, and the PACS credentials
+    ray: str | None = None           # embed on Ray Data (simdex.jobs.ray_pipeline): auto | local | a cluster address
+    ray_actors: int = 0              # --ray: embedding actors (0: one per GPU, else one per two CPUs)
 
 
 @dataclass
@@ -63,6 +69,7 @@ class Summary:
     indexed: int = 0       # items stored by this run
     skipped: int = 0       # items already stored with the same content
     failed: int = 0        # inputs that could not be stored (see errors_file)
+    fetched: int = 0       # PACS source: instances retrieved with WADO-RS by this run
     seconds: float = 0.0
     model_seconds: float = 0.0   # local-embed: time spent in the model's forward
     errors_file: str = ""
@@ -97,33 +104,56 @@ class Indexer:
             raise InvalidArgument(f"chunk_size {opts.chunk_size} and batch_size {opts.batch_size} must be >= 1")
         self.s: Summary | None = None
         self.report: ErrorReport | None = None
+        self._pacs: dicomweb.PacsSource | None = None
         self._bar = None
         self._lock = threading.Lock()
 
     # ---- entry ---------------------------------------------------------------------------------------------
     def run(self, source: str | os.PathLike) -> Summary:
+        """Index `source`: a folder, a file list, a .npy / Parquet file, or a PACS (dicomweb+http(s)://...)."""
         t0 = time.perf_counter()
-        path = Path(source)
+        if dicomweb.is_dicomweb(str(source)):
+            with tempfile.TemporaryDirectory(prefix="simdex-pacs-") as spool:
+                self._pacs = dicomweb.PacsSource(str(source), self.o.pacs or dicomweb.PacsOptions(), Path(spool),
+                                                 self.o.all_frames)
+                return self._run(t0, str(source), self._pacs.items)
+        if self.o.pacs is not None:
+            raise InvalidArgument(f"source {str(source)!r}: PACS options need a dicomweb+http(s)://... source")
         o = self.o
-        found = src.open_source(path, Path(o.ids_file) if o.ids_file else None, o.vector_column, o.id_column)
+        path = Path(source)
+        return self._run(t0, str(path), src.open_source(path, Path(o.ids_file) if o.ids_file else None,
+                                                    o.vector_column, o.id_column))
+
+    def _run(self, t0: float, source: str, found: list[src.FileItem] | src.VectorSource) -> Summary:
+        o = self.o
         errors = Path(o.errors_file or f"{o.collection}.index-errors.jsonl")
         self.report = ErrorReport(errors, self.on_error)
         try:
             if isinstance(found, src.VectorSource):
-                self.s = Summary(o.collection, str(path), "vectors", found.n, errors_file=str(errors))
+                self.s = Summary(o.collection, source, "vectors", found.n, errors_file=str(errors))
                 self._vectors(found)
             else:
-                remote = self._remote_mode()
-                self.s = Summary(o.collection, str(path), "remote-embed" if remote else "local-embed", len(found),
-                                 errors_file=str(errors))
-                (remote_embed.send_files if remote else local_embed.embed_files)(self, found)
+                mode, pipeline = self._pipeline()
+                self.s = Summary(o.collection, source, mode, len(found), errors_file=str(errors))
+                pipeline(self, found)
         finally:
             self.report.close()
             if self._bar is not None:
                 self._bar.close()
         self.s.failed = self.report.count
+        self.s.fetched = self._pacs.fetched if self._pacs is not None else 0
         self.s.seconds = time.perf_counter() - t0
         return self.s
+
+    def _pipeline(self) -> tuple[str, Callable]:
+        """The summary's mode and the pipeline that embeds files: Ray (--ray), remote or local embedding."""
+        if self.o.ray is not None:
+            if self.o.remote_embed is not None:
+                raise InvalidArgument("--ray embeds on the Ray cluster: give neither --remote-embed nor --local-embed")
+            return "ray", ray_pipeline.embed_files
+        if self._remote_mode():
+            return "remote-embed", remote_embed.send_files
+        return "local-embed", local_embed.embed_files
 
     def _remote_mode(self) -> bool:
         if self.o.remote_embed is not None:
@@ -208,7 +238,11 @@ class Indexer:
 
     # ---- planning: which files still need indexing ---------------------------------------------------------
     def todo(self, items: list[src.FileItem], keep_bytes: bool) -> Iterator[src.Planned]:
-        """Files not yet stored with the same content, in source order. Unreadable files are reported here."""
+        """Files not yet stored with the same content, in source order. Unreadable files are reported here.
+        PACS instances: those not stored yet, fetched (simdex.jobs.dicomweb.PacsSource.todo)."""
+        if self._pacs is not None:
+            yield from self._pacs.todo(self, self._stored, keep_bytes, PLAN_BLOCK)
+            return
         with ThreadPoolExecutor(2, thread_name_prefix="simdex-hash") as pool:
             for a in range(0, len(items), PLAN_BLOCK):
                 block = list(pool.map(lambda i: self._plan_one(i, items[i], keep_bytes),
@@ -236,6 +270,9 @@ class Indexer:
         self.advance(files, indexed=len(ids))
 
     def _vectors(self, vs: src.VectorSource) -> None:
+        if self.o.ray is not None:
+            raise InvalidArgument(f"source {self.s.source!r} holds vectors, which are upserted as they are: --ray "
+                                  "embeds files (drop --ray)")
         if vs.n == 0:
             raise InvalidArgument(f"source {self.s.source!r} holds no rows")
         self.collection(vs.dim)
