@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from simdex import defaults
-from simdex.errors import InvalidArgument, SimdexError, from_code
+from simdex.errors import InvalidArgument, SimdexError, from_code, not_a_json_object
 from simdex.proto import simdex_pb2 as pb
 from simdex.types import (
     Cluster, ClusterResult, ClusterSpec, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, HeadSpec, Item,
@@ -54,11 +54,11 @@ def json_object(text: str, what: str) -> dict:
     try:
         obj = json.loads(text)
     except ValueError as exc:
-        raise InvalidArgument(f"{what}: not valid JSON ({exc})") from None
+        raise not_a_json_object(what, text, f"not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidArgument(f"{what}: JSON nested too deeply") from None
     if not isinstance(obj, dict):
-        raise InvalidArgument(f"{what}: expected a JSON object, got {type(obj).__name__}")
+        raise not_a_json_object(what, text, f"a JSON {type(obj).__name__}")
     return obj
 
 
@@ -79,12 +79,13 @@ def matrix_from_pb(m: pb.Matrix, name: str = "vectors") -> np.ndarray:
 def collection_to_pb(c: CollectionInfo) -> pb.Collection:
     return pb.Collection(name=c.name, dim=c.dim, metric=c.metric, index=c.index, count=c.count, trained=c.trained,
                          seq=c.seq, created_unix_ms=c.created_unix_ms, embedder=c.embedder,
-                         embedder_fingerprint=c.embedder_fingerprint, unavailable=c.unavailable)
+                         embedder_fingerprint=c.embedder_fingerprint, unavailable=c.unavailable,
+                         search_backend=c.search_backend)
 
 
 def collection_from_pb(c: pb.Collection) -> CollectionInfo:
     return CollectionInfo(c.name, c.dim, c.metric, c.index, c.count, c.trained, c.seq, c.created_unix_ms,
-                          c.embedder, c.embedder_fingerprint, c.unavailable)
+                          c.embedder, c.embedder_fingerprint, c.unavailable, c.search_backend)
 
 
 def embedder_to_pb(e: EmbedderInfo) -> pb.Embedder:
@@ -187,8 +188,12 @@ def search_params_to_pb(p: SearchParams) -> pb.SearchParams:
     return pb.SearchParams(nprobe=p.nprobe, ef_search=p.ef_search, k_factor=p.k_factor)
 
 
+_DEFAULT_PARAMS = SearchParams()  # the usual request's: shared, so the index finds its cached FAISS parameters fast
+
+
 def search_params_from_pb(p: pb.SearchParams) -> SearchParams:
-    return SearchParams(p.nprobe, p.ef_search, p.k_factor)
+    nprobe, ef_search, k_factor = p.nprobe, p.ef_search, p.k_factor
+    return SearchParams(nprobe, ef_search, k_factor) if nprobe or ef_search or k_factor else _DEFAULT_PARAMS
 
 
 def search_request_to_pb(name: str, queries: np.ndarray | None, k: int, *, radius: float | None = None,
@@ -206,12 +211,13 @@ def search_request_to_pb(name: str, queries: np.ndarray | None, k: int, *, radiu
 
 def search_request_from_pb(r: pb.SearchRequest) -> dict[str, Any]:
     """SearchRequest -> the keyword arguments of `Simdex.search` (queries a read-only (nq, d) float32 view)."""
-    raw = bool(r.images or r.texts)
+    images, texts = r.images, r.texts
+    raw = bool(images or texts)
     queries = None if raw and not r.HasField("queries") else matrix_from_pb(r.queries, "queries")
     return dict(name=r.collection, queries=queries, k=r.k, radius=r.radius if r.HasField("radius") else None,
                 filter=r.filter, params=search_params_from_pb(r.params), page_size=r.page_size,
-                page_token=r.page_token, include_metadata=r.include_metadata, head=r.head, images=list(r.images),
-                texts=list(r.texts))
+                page_token=r.page_token, include_metadata=r.include_metadata, head=r.head,
+                images=list(images) if raw else [], texts=list(texts) if raw else [])
 
 
 def metadata_texts(metas: Sequence[Sequence[dict]] | None) -> list[list[str]] | None:

@@ -68,6 +68,7 @@ class CollectionInfo:
     embedder: str = ""
     embedder_fingerprint: str = ""
     unavailable: str = ""  # why the collection cannot be used ("" when it can): its data failed to load at start
+    search_backend: str = ""  # what answers its searches: "faiss", "faiss:gpu", "torch:DEVICE:STORAGE"
 
 
 @dataclass(frozen=True)

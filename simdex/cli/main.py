@@ -8,13 +8,14 @@ import argparse
 import logging
 import sys
 
-from simdex.cli import cluster, collection, densenet, embed, heads, index, items, lookup, seq2seq, serve
+from simdex.cli import (backup, cluster, collection, densenet, embed, heads, index, items, lookup, proto, seq2seq,
+                        serve, web)
 from simdex.defaults import quiet_openmp
 
 # (sub-parsers) -> None for each group, in the order `simdex --help` lists them.
 COMMANDS = (serve.add_parsers, collection.add_parsers, items.add_parsers, cluster.add_parsers, heads.add_parsers,
             items.add_count_parser, embed.add_parsers, densenet.add_parsers, seq2seq.add_parsers, index.add_parsers,
-            lookup.add_parsers)
+            lookup.add_parsers, web.add_parsers, proto.add_parsers, backup.add_parsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

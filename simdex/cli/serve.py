@@ -2,6 +2,8 @@
 the CLI works on the bare install; there, this command says in one line which extras to install."""
 from __future__ import annotations
 
+import os
+
 from simdex import limits as lim
 from simdex.defaults import MAX_MESSAGE_MB, SNAPSHOT_INTERVAL_S
 
@@ -34,7 +36,8 @@ def cmd_serve(args) -> int:
     tls = Tls.from_files(args.tls_cert, args.tls_key) if args.tls_cert else None
     limits = lim.Limits(**{name: getattr(args, name) for name, *_ in lim.flags()})
     serve(args.data, args.host, args.port, args.db, args.token_file, tls, args.max_message_mb,
-          args.snapshot_interval, weights_map(args.weights), args.device, limits=limits)
+          args.snapshot_interval, weights_map(args.weights), args.device, limits=limits, tokens_file=args.tokens_file,
+          metrics_port=args.metrics_port, metrics_host=args.metrics_host, search_backend=args.search_backend)
     return 0
 
 
@@ -45,11 +48,21 @@ def add_parsers(sub) -> None:
     s.add_argument("--port", type=int, default=50051)
     s.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in --data)")
     s.add_argument("--token-file", help="require 'authorization: Bearer <token>' with the token in this file")
+    s.add_argument("--tokens-file", help="scoped tokens (JSON: name, token, access read|write|admin, collections); "
+                   "not with --token-file")
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at /metrics on this port (default: off)")
+    s.add_argument("--metrics-host", default="127.0.0.1", help="bind address of the metrics endpoint (loopback by "
+                   "default)")
     s.add_argument("--tls-cert")
     s.add_argument("--tls-key")
     s.add_argument("--max-message-mb", type=float, default=MAX_MESSAGE_MB)
     s.add_argument("--snapshot-interval", type=float, default=SNAPSHOT_INTERVAL_S,
                    help="seconds between index snapshots")
+    s.add_argument("--search-backend", choices=("auto", "faiss", "torch"),
+                   default=os.environ.get("SIMDEX_SEARCH_BACKEND") or "auto",
+                   help="what searches exact collections (Flat, and kinds not yet trained): torch keeps their vectors "
+                   "on the GPU (or CPU); auto = torch when torch sees CUDA and faiss has no GPU build "
+                   "(env SIMDEX_SEARCH_BACKEND; default auto)")
     s.add_argument("--weights", action="append", metavar="NAME=FILE",
                    help="weights file of an embedder (repeatable); default: the torch hub cache ($TORCH_HOME)")
     s.add_argument("--device", help="where embedders run: cpu or cuda (default: the GPU when there is one)")

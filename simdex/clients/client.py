@@ -1,11 +1,16 @@
 """`Client`, the simdex SDK: one class over two transports (simdex.clients.transport).
 
-`Client(target)` talks gRPC to a server; `Client.local(path)` runs the service in this process. The Client owns
+`Client(target)` talks gRPC to a server, or to several replicas (a list of "host:port" or a gRPC URI such as
+"dns:///name:50051": round-robin with retries of the calls that store nothing, simdex.clients.targets);
+`Client.local(path)` runs the service in this process. The Client owns
 argument checking, splitting requests and answers to fit the message limit, and paging; a transport makes each
 call. Both transports raise the same simdex.errors classes, with `err.item` naming the bad input of a batch.
+The methods are written once, in `ClientBase`, as plans of transport calls (simdex.clients.plans): `Client` makes
+the calls and blocks, `AsyncClient` (simdex.clients.async_client) awaits them.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -16,6 +21,7 @@ from simdex.clients.chunking import (
     plain, raw_items, search_params, shrinking, spans,
 )
 from simdex.clients.local import LocalTransport
+from simdex.clients.plans import Plan, plan, run, transport
 from simdex.clients.remote import RemoteTransport
 from simdex.clients.transport import Transport
 from simdex.errors import InvalidArgument
@@ -26,29 +32,24 @@ from simdex.types import (
 from simdex.wire import as_matrix
 
 
-class Client:
-    """A connection to a simdex server (`Client(target)`) or a service in this process (`Client.local(path)`).
-    Same methods, same errors. Also a context manager."""
+class ClientBase:
+    """The methods of Client and AsyncClient. Each is a plan of transport calls (simdex.clients.plans), run by the
+    subclass's `_run` on the transport it attached; the docstrings and errors are the same for both."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", token: str | None = None, *, tls: bool = False,
+    remote: type  # the transport `Cls(target)` connects with: RemoteTransport, or AsyncRemoteTransport
+
+    def __init__(self, target: str | Sequence[str] = "127.0.0.1:50051", token: str | None = None, *, tls: bool = False,
                  root_certificates: bytes | None = None, max_message_mb: float = defaults.MAX_MESSAGE_MB,
                  timeout: float | None = None):
-        self._attach(RemoteTransport(target, token, tls=tls, root_certificates=root_certificates,
-                                     max_message_mb=max_message_mb, timeout=timeout))
-
-    @classmethod
-    def local(cls, path: str, db_url: str | None = None, snapshot_interval: float = defaults.SNAPSHOT_INTERVAL_S,
-              weights: dict[str, str] | None = None, device: str | None = None) -> Client:
-        """An in-process simdex over data directory `path`, with the same methods as a remote Client (needs the
-        server extra). `weights` maps embedder names to weights files (default: the torch hub cache); `device`:
-        cpu or cuda."""
-        client = cls.__new__(cls)
-        client._attach(LocalTransport(path, db_url, snapshot_interval, weights, device))
-        return client
+        self._attach(self.remote(target, token, tls=tls, root_certificates=root_certificates,
+                                 max_message_mb=max_message_mb, timeout=timeout))
 
     def _attach(self, transport: Transport) -> None:
         self._transport = transport
         self._infos: dict[str, CollectionInfo] = {}
+
+    def _run(self, steps: Plan):
+        raise NotImplementedError
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     @property
@@ -69,40 +70,38 @@ class Client:
     def _budget(self) -> int:
         return int(self.max_message_bytes * 0.75)
 
-    def close(self) -> None:
-        self._transport.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     # ---- collections -------------------------------------------------------------------------------------
-    def create_collection(self, name: str, dim: int, metric: str = "l2", index: str = "Flat",
+    @plan
+    def create_collection(self, name: str, dim: int = 0, metric: str = "l2", index: str = "Flat",
                           embedder: str = "") -> CollectionInfo:
-        info = self._transport.create_collection(name, int(dim), metric, index, embedder)
+        """A new empty collection of `dim`-d vectors. With an `embedder`, leave `dim` out (0): it is the
+        embedder's."""
+        info = yield transport.create_collection(name, int(dim), metric, index, embedder)
         self._infos[name] = info
         return info
 
+    @plan
     def get_collection(self, name: str) -> CollectionInfo:
-        info = self._transport.get_collection(name)
+        info = yield transport.get_collection(name)
         self._infos[name] = info
         return info
 
-    def _cached(self, name: str) -> CollectionInfo:
+    def _cached(self, name: str) -> Plan:
         """dim and metric never change for a name while it lives: fetched once, not per search."""
         info = self._infos.get(name)
-        return info if info is not None else self.get_collection(name)
+        return info if info is not None else (yield from ClientBase.get_collection.plan(self, name))
 
+    @plan
     def list_collections(self) -> list[CollectionInfo]:
-        return self._transport.list_collections()
+        return (yield transport.list_collections())
 
+    @plan
     def delete_collection(self, name: str) -> None:
         self._infos.pop(name, None)
-        self._transport.delete_collection(name)
+        yield transport.delete_collection(name)
 
     # ---- items -------------------------------------------------------------------------------------------
+    @plan
     def upsert(self, collection: str, ids: Sequence[str], vectors=None, metadata: Sequence[dict] | None = None,
                content_hashes: Sequence[str] | None = None, *, images: Sequence[bytes] | None = None,
                texts: Sequence[str] | None = None, embedder_fingerprint: str = "") -> int:
@@ -122,7 +121,7 @@ class Client:
             raise InvalidArgument("give either vectors or raw items (images, texts), not both")
         else:
             chunks = self._raw_chunks(ids, raw, kind, metas, hashes)
-        return self._transport.upsert(collection, chunks)
+        return (yield transport.upsert(collection, chunks))
 
     def _raw_chunks(self, ids, raw, kind, metas, hashes) -> list[UpsertChunk]:
         if len(raw) != len(ids):
@@ -144,34 +143,45 @@ class Client:
                             fingerprint=fingerprint)
                 for i in range(0, len(ids), per)] or [UpsertChunk(ids, x, metas, hashes, fingerprint=fingerprint)]
 
+    @plan
     def delete(self, collection: str, ids: Sequence[str], ignore_missing: bool = False) -> int:
         """Delete items by id, all or nothing. Returns how many were deleted."""
-        return self._transport.delete(collection, list(ids), ignore_missing)
+        return (yield transport.delete(collection, list(ids), ignore_missing))
 
+    @plan
     def get(self, collection: str, ids: Sequence[str], with_vectors: bool = True,
             ignore_missing: bool = False) -> list[Item]:
         """Items by id, in the order asked. An unknown id is NotFound, unless ignore_missing (then skipped)."""
         ids = list(ids)
         if not ids:
             raise InvalidArgument("ids: empty batch; give at least one id")
-        per = max(1, self._budget // (PER_ROW_OVERHEAD + METADATA_ROW + 4 * self._cached(collection).dim))
-        call = lambda part: self._transport.get(collection, part, with_vectors, ignore_missing)  # noqa: E731
-        return [it for i in range(0, len(ids), per) for it in shrinking(call, ids[i:i + per])]
+        dim = (yield from self._cached(collection)).dim
+        per = max(1, self._budget // (PER_ROW_OVERHEAD + METADATA_ROW + 4 * dim))
+        call = lambda part: transport.get(collection, part, with_vectors, ignore_missing)  # noqa: E731
+        items = []
+        for i in range(0, len(ids), per):
+            for part in (yield from shrinking(call, ids[i:i + per])):
+                items.extend(part)
+        return items
 
+    @plan
     def count(self, collection: str, filter: dict | str | None = None) -> int:  # noqa: A002
-        return self._transport.count(collection, filter_text(filter))
+        return (yield transport.count(collection, filter_text(filter)))
 
     # ---- embedders and the translator ---------------------------------------------------------------------
+    @plan
     def list_embedders(self) -> list[EmbedderInfo]:
         """The server's registered embedders: name, modality, dim, whether its weights are present."""
-        return self._transport.list_embedders()
+        return (yield transport.list_embedders())
 
+    @plan
     def embed(self, embedder: str, images: Sequence[bytes] | None = None, texts: Sequence[str] | None = None
               ) -> np.ndarray:
         """(n, dim) float32 vectors of `images` (encoded image or DICOM bytes; a multi-frame DICOM gives its
         middle frame) or `texts`, made by the server's embedder `embedder`."""
-        return self.embed_items(embedder, images, texts).vectors
+        return (yield from ClientBase.embed_items.plan(self, embedder, images, texts)).vectors
 
+    @plan
     def embed_items(self, embedder: str, images: Sequence[bytes] | None = None, texts: Sequence[str] | None = None,
                     all_frames: bool = False) -> Embedding:
         """As embed, with the weights' fingerprint, the DICOM tags of each input and, with `all_frames`, one row
@@ -181,27 +191,30 @@ class Client:
             raise InvalidArgument("embed: give images or texts")
 
         def call(rows):
-            return [self._transport.embed(embedder, rows if kind == "images" else [],
-                                          rows if kind == "texts" else [], all_frames)]
+            return transport.embed(embedder, rows if kind == "images" else [], rows if kind == "texts" else [],
+                                   all_frames)
 
         parts = []
         for a, b in spans([len(r) + PER_ROW_OVERHEAD for r in raw], self._budget):
             with items_from(a):
-                parts.extend((a + off, e) for off, e in offsets(shrinking(call, raw[a:b])))
+                pieces = yield from shrinking(call, raw[a:b])
+            parts.extend((a + off, e) for off, e in offsets(pieces))
         return Embedding(np.concatenate([e.vectors for _, e in parts]), parts[0][1].fingerprint,
                          np.concatenate([e.item_index + a for a, e in parts]),
                          np.concatenate([e.frame_index for _, e in parts]),
                          [m for _, e in parts for m in e.metadata])
 
+    @plan
     def translate(self, texts: Sequence[str], model: str = "", beam: int = 1, max_len: int = 0) -> list[str]:
         """Translate `texts` with the server's seq2seq model `model` (default: the shipped French->English
         question model), greedy or with a beam of `beam`."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise InvalidArgument("translate: give at least one text")
-        return [t for t, _ in self._transport.translate(model, texts, int(beam), int(max_len))]
+        return [t for t, _ in (yield transport.translate(model, texts, int(beam), int(max_len)))]
 
     # ---- search ------------------------------------------------------------------------------------------
+    @plan
     def search(self, collection: str, queries=None, k: int = 10, *, radius: float | None = None,
                filter: dict | str | None = None, params: dict | None = None,  # noqa: A002
                include_metadata: bool = False, page_size: int = 0, head: str | None = None,
@@ -211,57 +224,63 @@ class Client:
         k-NN by default; with `radius`, every hit within it (l2: squared distance < radius; ip/cosine:
         similarity > radius), fetched page by page. `filter` restricts hits by metadata
         ({"modality": "CT"}, {"age": {"$gte": 40}}, {"site": {"$in": [...]}}, {"f": {"$ne": x}}).
-        `params`: {"nprobe": int, "efSearch": int, "k_factor": int} for IVF / HNSW / RFlat kinds.
+        `params`: {"nprobe": int, "efSearch": int, "k_factor": int} for IVF / HNSW / RFlat kinds (one that the
+        collection's kind does not use is InvalidArgument, naming those it takes).
         `head`: a projection head whose target is `collection`; `queries` are then (nq, head dim) vectors of the
         head's source collection, projected on the server before the search.
         `images` / `texts`: raw queries for a collection with an embedder, instead of `queries`.
         """
-        info = self._cached(collection)
+        info = yield from self._cached(collection)
         raw, kind = raw_items(images, texts)
         if raw is not None:
             if queries is not None:
                 raise InvalidArgument("give either queries (vectors) or raw images/texts, not both")
             if radius is None:
-                return self._raw_search(collection, info.metric, raw, kind, k, filter_text(filter), include_metadata)
-            queries = self.embed(info.embedder, **{kind: raw})  # pages re-send the query: embed it once
+                return (yield from self._raw_search(collection, info.metric, raw, kind, k, filter_text(filter),
+                                                    include_metadata))
+            # pages re-send the query: embed it once
+            queries = yield from ClientBase.embed.plan(self, info.embedder, **{kind: raw})
         if queries is None:
             raise InvalidArgument("search: give queries (vectors) or raw images/texts")
         xq = np.asarray(queries)
         xq = as_matrix(xq[None, :] if xq.ndim == 1 else xq, "queries")  # the server checks the dimension
         sp, ftext = search_params(params), filter_text(filter)
         if radius is not None:
-            return self._range(collection, xq, float(radius), ftext, sp, include_metadata, page_size, head or "")
-        return self._knn(collection, info.metric, xq, k, ftext, sp, include_metadata, head or "")
+            return (yield from self._range(collection, xq, float(radius), ftext, sp, include_metadata, page_size,
+                                           head or ""))
+        return (yield from self._knn(collection, info.metric, xq, k, ftext, sp, include_metadata, head or ""))
 
-    def _knn(self, collection, metric, xq, k, ftext, sp, include_metadata, head) -> SearchResult:
+    def _knn(self, collection, metric, xq, k, ftext, sp, include_metadata, head) -> Plan:
         answer_row = k * (PER_ROW_OVERHEAD + (METADATA_ROW if include_metadata else 0))
         per = max(1, min(self._budget // (4 * xq.shape[1] + PER_ROW_OVERHEAD), self._budget // max(1, answer_row)))
 
         def call(q):
-            return [self._transport.search(collection, q, k, filter=ftext, params=sp,
-                                           include_metadata=include_metadata, head=head)]
+            return transport.search(collection, q, k, filter=ftext, params=sp, include_metadata=include_metadata,
+                                    head=head)
 
-        answers = [a for i in range(0, len(xq), per) for a in shrinking(call, xq[i:i + per])]
+        answers = []
+        for i in range(0, len(xq), per):
+            answers.extend((yield from shrinking(call, xq[i:i + per])))
         return padded_knn(answers, k, metric, include_metadata)
 
-    def _raw_search(self, collection, metric, raw, kind, k, ftext, include_metadata) -> SearchResult:
+    def _raw_search(self, collection, metric, raw, kind, k, ftext, include_metadata) -> Plan:
         def call(rows):
-            return [self._transport.search(collection, None, k, filter=ftext, include_metadata=include_metadata,
-                                           **{kind: list(rows)})]
+            return transport.search(collection, None, k, filter=ftext, include_metadata=include_metadata,
+                                    **{kind: list(rows)})
 
         answers = []
         for a, b in spans([len(r) + PER_ROW_OVERHEAD for r in raw], self._budget):
             with items_from(a):
-                answers.extend(shrinking(call, raw[a:b]))
+                answers.extend((yield from shrinking(call, raw[a:b])))
         return padded_knn(answers, k, metric, include_metadata)
 
-    def _range(self, collection, xq, radius, ftext, sp, include_metadata, page_size, head) -> SearchResult:
+    def _range(self, collection, xq, radius, ftext, sp, include_metadata, page_size, head) -> Plan:
         """Every hit within `radius` of each query, one query at a time, page after page."""
         ids, dists, metas = [], [], []
         for q in xq:
             token, qi, qd, qm = "", [], [], []
             while True:
-                (hit,), page_metas = self._transport.search(
+                (hit,), page_metas = yield transport.search(
                     collection, q[None], 0, radius=radius, filter=ftext, params=sp,
                     include_metadata=include_metadata, page_size=page_size, page_token=token, head=head)
                 qi.extend(hit.ids)
@@ -276,6 +295,7 @@ class Client:
         return SearchResult(ids, dists, metas if include_metadata else None)
 
     # ---- clustering --------------------------------------------------------------------------------------
+    @plan
     def cluster(self, collection: str, bandwidth: float | None = None, *, filter: dict | str | None = None,  # noqa: A002
                 kernel: str = defaults.CLUSTER_KERNEL, bin_seeding: bool = False,
                 min_bin_freq: int = defaults.CLUSTER_MIN_BIN_FREQ, cluster_all: bool = True,
@@ -291,7 +311,7 @@ class Client:
                            max_iter=max_iter, max_seeds=max_seeds, representatives=representatives)
         token, ids, labels = "", [], []
         while True:
-            page, token = self._transport.cluster(collection, spec, page_size, token)
+            page, token = yield transport.cluster(collection, spec, page_size, token)
             ids.extend(page.ids)
             labels.append(np.asarray(page.labels, dtype=np.int32))
             if not token:
@@ -299,6 +319,7 @@ class Client:
                                      len(ids))
 
     # ---- heads -------------------------------------------------------------------------------------------
+    @plan
     def train_head(self, collection: str, head: str, *, kind: str = defaults.HEAD_KIND,
                    label_field: str | None = None, labels: dict | None = None,
                    filter: dict | str | None = None,  # noqa: A002
@@ -317,19 +338,23 @@ class Client:
         spec = HeadSpec(collection=collection, head=head, kind=kind, label_field=label_field or "", labels=labels,
                         filter=filter_text(filter), test_fraction=float(test_fraction), balanced=bool(balanced),
                         target_collection=target_collection or "", params={k: plain(v) for k, v in params.items()})
-        return self._transport.train_head(spec)
+        return (yield transport.train_head(spec))
 
+    @plan
     def get_head(self, name: str) -> HeadInfo:
         """The latest version of head `name`: kind, collection, classes, metrics, trained_on, fingerprint."""
-        return self._transport.get_head(name)
+        return (yield transport.get_head(name))
 
+    @plan
     def list_heads(self, collection: str | None = None) -> list[HeadInfo]:
-        return self._transport.list_heads(collection or "")
+        return (yield transport.list_heads(collection or ""))
 
+    @plan
     def delete_head(self, name: str) -> int:
         """Delete every version of head `name`. Returns how many versions were deleted."""
-        return self._transport.delete_head(name)
+        return (yield transport.delete_head(name))
 
+    @plan
     def predict(self, head: str, *, ids: Sequence[str] | None = None, vectors=None, images=None,
                 texts=None) -> Prediction:
         """Run head `head` on items of its collection (`ids`) or on (n, dim) float32 `vectors` of its space.
@@ -338,20 +363,60 @@ class Client:
         `p.classes` order, `p.label_indices` (n,) int64 positions in `p.classes`. Projection heads: `p.vectors`
         (n, out_dim) float32 in the target's space."""
         if images is not None or texts is not None:  # the server says what raw inputs need
-            return self._transport.predict(head, [], None, list(images or []), list(texts or []))
+            return (yield transport.predict(head, [], None, list(images or []), list(texts or [])))
         if (ids is None) == (vectors is None):
             raise InvalidArgument("predict: give exactly one of ids or vectors")
-        info = self.get_head(head)
+        info = yield from ClientBase.get_head.plan(self, head)
         row = 4 * (info.dim + info.out_dim) + PER_ROW_OVERHEAD
         if ids is not None:
             rows: Sequence = list(ids)
             if not rows:
                 raise InvalidArgument("ids: empty batch; give at least one id")
             row += max(map(len, rows))
-            call = lambda part: [self._transport.predict(head, part, None, [], [])]  # noqa: E731
+            call = lambda part: transport.predict(head, part, None, [], [])  # noqa: E731
         else:
             rows = as_matrix(vectors, "vectors", info.dim)
-            call = lambda part: [self._transport.predict(head, [], part, [], [])]  # noqa: E731
+            call = lambda part: transport.predict(head, [], part, [], [])  # noqa: E731
         per = max(1, self._budget // row)
-        parts = [p for i in range(0, len(rows), per) for p in shrinking(call, rows[i:i + per])]
+        parts = []
+        for i in range(0, len(rows), per):
+            parts.extend((yield from shrinking(call, rows[i:i + per])))
         return joined_predictions(head, parts)
+
+    # ---- operations --------------------------------------------------------------------------------------
+    @plan
+    def backup(self, out: str | Path) -> dict:
+        """A consistent point-in-time copy of the whole store (every collection with its items, the heads, and the
+        index snapshots that agree with them) in the new folder `out`, taken while writes go on; returns its
+        manifest (collections, counts, sequence numbers, checksums). Remotely it needs an admin token, and the
+        server's copy is streamed to this machine. `simdex restore` brings it back into an empty store."""
+        return (yield transport.backup(str(out)))
+
+
+class Client(ClientBase):
+    """A connection to a simdex server (`Client(target)`) or a service in this process (`Client.local(path)`).
+    Same methods, same errors. Also a context manager."""
+
+    remote = RemoteTransport
+
+    @classmethod
+    def local(cls, path: str, db_url: str | None = None, snapshot_interval: float = defaults.SNAPSHOT_INTERVAL_S,
+              weights: dict[str, str] | None = None, device: str | None = None) -> Client:
+        """An in-process simdex over data directory `path`, with the same methods as a remote Client (needs the
+        server extra). `weights` maps embedder names to weights files (default: the torch hub cache); `device`:
+        cpu or cuda."""
+        client = cls.__new__(cls)
+        client._attach(LocalTransport(path, db_url, snapshot_interval, weights, device))
+        return client
+
+    def _run(self, steps: Plan):
+        return run(steps, self._transport)
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -10,11 +10,13 @@ Shapes: xb, xq are (n, d) float32; D (nq, k) float32; P (nq, k) int64 positions 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 
 import numpy as np
 
+from simdex import trace
 from simdex.distances import BIGGER_IS_BETTER, worst
 from simdex.errors import InvalidArgument
 from simdex.index.backend import faiss, gpu_available, set_threads_for
@@ -39,6 +41,11 @@ def default_nprobe(nlist: int) -> int:
 
 
 DEFAULT_EF_SEARCH = 128
+# Graph kinds are built with this efConstruction (FAISS's default is 40). Collections fill chunk by chunk, and a
+# graph grown by many add calls lost recall at 40: at 100k x 128, efSearch 128, chunks of 1k arriving cluster by
+# cluster reached recall@10 0.73 (0.82 at 80, 0.94 at 160); 320 kept >= 0.975 for every order, chunk size and data
+# kind measured (bench/recall_chunks.py, README), at about 5x the graph's insertion time.
+DEFAULT_EF_CONSTRUCTION = 320
 DEFAULT_K_FACTOR = 8
 
 
@@ -81,6 +88,9 @@ def make_faiss_index(dim: int, metric: str, desc: str):
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "rejected"
         raise InvalidArgument(f"index {desc!r} is not valid for dim {dim}: {msg}") from None
     _no_polysemous_training(index)
+    core = _core(index)
+    if isinstance(core, faiss.IndexHNSW):
+        core.hnsw.efConstruction = DEFAULT_EF_CONSTRUCTION
     return index
 
 
@@ -131,6 +141,27 @@ def _walk_params(index, p: SearchParams, sel, keep: list):
     return out
 
 
+def _knobs_of(index) -> frozenset[str]:
+    """The SearchParams fields an index of this structure reads (the structure _walk_params follows)."""
+    if isinstance(index, faiss.IndexRefine):
+        return frozenset({"k_factor"}) | _knobs_of(_inner(index))
+    if isinstance(index, faiss.IndexPreTransform):
+        return _knobs_of(_inner(index))
+    if isinstance(index, faiss.IndexIVF):
+        return frozenset({"nprobe"})
+    if isinstance(index, faiss.IndexHNSW):
+        return frozenset({"ef_search"})
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=1024)
+def search_knobs(dim: int, metric: str, desc: str) -> frozenset[str]:
+    """The SearchParams fields that collections of kind `desc` use, read once per kind from an empty index of it
+    (also while the kind is untrained and searched exactly): the service refuses the others instead of ignoring
+    them (efSearch on Flat, nprobe on HNSW)."""
+    return _knobs_of(make_faiss_index(dim, metric, desc))
+
+
 def _is_graph(index) -> bool:
     """HNSW kinds (also under a pre-transform or refinement): every query walks the graph on its own."""
     return isinstance(_core(index), faiss.IndexHNSW)
@@ -151,13 +182,16 @@ class AnnIndex:
             min_train = 0 if trained else min_train_size(desc, dim)
             index = template if trained else faiss.IndexFlat(dim, FAISS_METRIC[metric])
         self.trained, self.min_train = trained, min_train  # min_train > 0: the kind needs training
+        self.knobs = search_knobs(dim, metric, desc)
         self.index = index
         self.lock = RWLock()
         self._pos_iid = np.zeros(0, dtype=np.int64)
         self._live = np.zeros(0, dtype=bool)
-        self._pos_ext: list[str] = []
+        self._pos_ext = np.zeros(0, dtype=object)  # external ids by position: hits index it in one numpy step
+        self._n = 0
         self._iid_pos: dict[int, int] = {}
         self.n_dead = 0
+        self._selectors: dict = {}  # (id(allowed), ntotal, n_dead) -> (allowed, mask, bits, IDSelectorBitmap)
         self._sel_ok = True
         self._gpu = None
         self._gpu_stale = True
@@ -165,7 +199,7 @@ class AnnIndex:
     # ---- sizes -------------------------------------------------------------------------------------------
     @property
     def ntotal(self) -> int:
-        return len(self._pos_ext)
+        return self._n
 
     @property
     def n_live(self) -> int:
@@ -190,6 +224,10 @@ class AnnIndex:
         # the hand-offs between the callers (measured in-process, HNSW32, 8 threads: +45-70 us CPU and +2.5
         # context switches per query).
         self.stacks = not _is_graph(index)
+        # The index that holds every vector exactly, by position (a flat index, or a graph's flat storage), which
+        # exact searches over a few filtered items read instead of the database; None for other kinds.
+        storage = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSW) else index
+        self._flat = storage if type(storage) in (faiss.IndexFlat, faiss.IndexFlatL2, faiss.IndexFlatIP) else None
         self._plain_params: dict = {}  # SearchParameters of unfiltered searches, one per SearchParams value
 
     # ---- writes ------------------------------------------------------------------------------------------
@@ -205,6 +243,7 @@ class AnnIndex:
         if need > len(self._pos_iid):
             cap = max(need, 2 * len(self._pos_iid), 1024)
             self._pos_iid = np.resize(self._pos_iid, cap)
+            self._pos_ext = np.resize(self._pos_ext, cap)
             live = np.zeros(cap, dtype=bool)
             live[: len(self._live)] = self._live
             self._live = live
@@ -217,11 +256,12 @@ class AnnIndex:
         with self.lock.write():
             start = self.ntotal
             self._grow(len(iids))
-            set_threads_for(len(xb))  # the OpenMP setting sticks to the calling thread: set it every time
+            set_threads_for(len(xb))  # the OpenMP setting sticks to the calling thread
             self.index.add(xb)
             self._pos_iid[start:start + len(iids)] = iids
             self._live[start:start + len(iids)] = True
-            self._pos_ext.extend(ext_ids)
+            self._pos_ext[start:start + len(iids)] = ext_ids
+            self._n = start + len(iids)
             for j, iid in enumerate(iids.tolist()):
                 self._iid_pos[iid] = start + j
             self._gpu_stale = True
@@ -260,12 +300,20 @@ class AnnIndex:
         mask[self.positions(iids)] = True
         return mask
 
-    def ext_ids(self, positions) -> list[str]:
-        ext = self._pos_ext
-        return [ext[p] for p in positions]
+    def ext_ids(self, positions) -> list:
+        """The external ids at `positions` (an int array or list; a 2-d array gives one list per row)."""
+        return self._pos_ext[positions].tolist()
 
     def iids_at(self, positions: np.ndarray) -> np.ndarray:
         return self._pos_iid[positions]
+
+    def stored_vectors(self, positions: np.ndarray) -> np.ndarray | None:
+        """(m, d) float32 copies of the vectors at `positions` as the index holds them (unit vectors for cosine),
+        or None when it does not hold them exactly (compressed or transformed kinds: read the database then)."""
+        if self._flat is None:
+            return None
+        with self.lock.read():
+            return self._flat.reconstruct_batch(np.ascontiguousarray(positions, dtype=np.int64))
 
     def _search_index(self, with_sel: bool):
         if with_sel or not gpu_available():
@@ -282,25 +330,48 @@ class AnnIndex:
     def knn(self, xq: np.ndarray, k: int, params: SearchParams = SearchParams(), allowed: np.ndarray | None = None):
         """Best k live (and `allowed`, a bool mask over positions) hits per query -> (D, P)."""
         xq = self._prep(xq)
+        if trace.ON:
+            trace.mark("validation")
         with self.lock.read():
+            if trace.ON:
+                trace.mark("lock wait")
             n = self.ntotal
-            mask = None
-            if allowed is not None:
-                mask = self._restrict(allowed, n)
-            elif self.n_dead:
-                mask = self._live[:n]
             set_threads_for(len(xq))
-            if mask is None:
-                return self._scores(*self._run(self._search_index(False), xq, k, params, None))
-            if self._sel_ok:
-                bitmap = np.packbits(mask, bitorder="little")
-                sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap))
-                try:
-                    return self._scores(*self._run(self.index, xq, k, params, sel))
-                except RuntimeError:
-                    LOG.info("index %s takes no id selector; filtering by oversampling", self.desc)
-                    self._sel_ok = False
-            return self._scores(*self._oversample(xq, k, params, mask))
+            if allowed is None and not self.n_dead:
+                D, P = self._run(self._search_index(False), xq, k, params, None)
+            else:
+                _, mask, _, sel = self._selector(allowed, n)
+                D = None
+                if self._sel_ok:
+                    try:
+                        D, P = self._run(self.index, xq, k, params, sel)
+                    except RuntimeError:
+                        LOG.info("index %s takes no id selector; filtering by oversampling", self.desc)
+                        self._sel_ok = False
+                if D is None:
+                    D, P = self._oversample(xq, k, params, mask)
+            if trace.ON:
+                trace.mark("faiss")
+            return self._scores(D, P)
+
+    MAX_SELECTORS = 8  # kept per index state (ntotal, n_dead): a filtered collection's few distinct filters
+
+    def _selector(self, allowed: np.ndarray | None, n: int):
+        """(allowed, mask, bits, IDSelectorBitmap) of the live (and `allowed`) positions below n, made once per
+        `allowed` array and index state, since unfiltered searches of a collection with tombstones and repeated
+        filters (the service keeps their masks) ask for the same one again. The caller holds the read lock."""
+        key = (id(allowed), n, self.n_dead)
+        hit = self._selectors.get(key)
+        if hit is None or hit[0] is not allowed:  # the entry holds `allowed`, so its id is not reused meanwhile
+            mask = self._live[:n] if allowed is None else self._restrict(allowed, n)
+            bits = np.packbits(mask, bitorder="little")
+            hit = (allowed, mask, bits, faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits)))
+            fresh = {k: v for k, v in self._selectors.items() if k[1:] == key[1:]}  # drop older states' entries
+            if len(fresh) >= self.MAX_SELECTORS:
+                fresh.clear()
+            fresh[key] = hit
+            self._selectors = fresh  # one assignment: concurrent readers see the old dict or the new one
+        return hit
 
     def _scores(self, D: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """FAISS's distances -> the collection metric's scores (cosine from squared L2 over unit vectors)."""
@@ -397,12 +468,16 @@ class AnnIndex:
     def snapshot(self) -> dict[str, np.ndarray]:
         """Arrays that restore this index (see restore); taken under the lock, written by the caller."""
         with self.lock.read():
-            return {
-                "index": faiss.serialize_index(self.index),
-                "pos_iid": self._pos_iid[: self.ntotal].copy(),
-                "trained": np.array(self.trained),
-                "kind": np.array(self.kind),
-            }
+            return self.snapshot_of(self.index)
+
+    def snapshot_of(self, index) -> dict[str, np.ndarray]:
+        """The snapshot arrays with the FAISS `index` as the stored one (the caller holds the lock)."""
+        return {
+            "index": faiss.serialize_index(index),
+            "pos_iid": self._pos_iid[: self.ntotal].copy(),
+            "trained": np.array(self.trained),
+            "kind": np.array(self.kind),
+        }
 
     def restore(self, arrays, live_iids: np.ndarray, live_ext: list[str]) -> np.ndarray:
         """Load a snapshot; tombstone what is no longer live. Returns the live iids the snapshot lacks."""
@@ -416,7 +491,8 @@ class AnnIndex:
         self.index, self.trained = index, bool(arrays["trained"])
         self._pos_iid = pos_iid.copy()
         self._live = np.fromiter((i in ext_of for i in pos_iid.tolist()), dtype=bool, count=len(pos_iid))
-        self._pos_ext = [ext_of.get(i, "") for i in pos_iid.tolist()]
+        self._pos_ext = np.array([ext_of.get(i, "") for i in pos_iid.tolist()], dtype=object)
+        self._n = len(pos_iid)
         self._iid_pos = {i: p for p, i in enumerate(pos_iid.tolist()) if i in ext_of}
         self.n_dead = int((~self._live).sum())
         present = np.fromiter(self._iid_pos.keys(), dtype=np.int64, count=len(self._iid_pos))

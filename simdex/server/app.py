@@ -11,7 +11,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from simdex import defaults
 from simdex.embedder.registry import EmbedderPool
@@ -21,7 +20,10 @@ from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
 from simdex.server.auth import TokenAuth
 from simdex.server.calls import CommitGate, graceful_stop
+from simdex.server.metrics import Metrics, start_metrics_server
+from simdex.server.reflection import enable_reflection
 from simdex.server.servicer import SimdexServicer
+from simdex.server.tokens import Tokens, TokensFileError, from_flags
 from simdex.service.facade import Simdex
 
 LOG = logging.getLogger(__name__)
@@ -40,8 +42,12 @@ class Tls:
 
 def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str | None = None,
                   tls: Tls | None = None, max_message_mb: float = defaults.MAX_MESSAGE_MB,
-                  workers: int = 16, gate: CommitGate | None = None):
+                  workers: int = 16, gate: CommitGate | None = None, tokens: Tokens | None = None,
+                  metrics: Metrics | None = None):
     """A started-ready (not started) gRPC server for `service`. Returns (server, bound port, health servicer).
+
+    `token` (one admin token) or `tokens` (scoped ones, simdex.server.tokens) require a bearer token; `metrics`
+    counts and times the calls (serve its registry with metrics.start_metrics_server).
 
     `gate` admits the writes' commits; `graceful_stop(server, gate, grace)` closes it before cutting the calls
     still open, so that none of them commits afterwards."""
@@ -51,7 +57,15 @@ def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str |
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    interceptors = [TokenAuth(token)] if token else []
+    if token and tokens:
+        raise ValueError("give token or tokens, not both")
+    auth = tokens or (Tokens.single(token) if token else None)
+    interceptors = []
+    if metrics:
+        metrics.watch(service)
+        interceptors.append(metrics.interceptor)  # first, so that it counts the refusals too
+    if auth:
+        interceptors.append(TokenAuth(auth, lambda head: service.get_head(head).collection))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
                          options=options, interceptors=interceptors)
     pb_grpc.add_SimdexServicer_to_server(SimdexServicer(service, max_bytes, gate), server)
@@ -59,8 +73,7 @@ def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str |
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    enable_reflection(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     try:
         if tls:
             port = server.add_secure_port(address, grpc.ssl_server_credentials([(tls.key, tls.cert)]))
@@ -76,26 +89,39 @@ def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str |
 def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str | None = None,
           token_file: str | None = None, tls: Tls | None = None,
           max_message_mb: float = defaults.MAX_MESSAGE_MB, snapshot_interval: float = defaults.SNAPSHOT_INTERVAL_S,
-          weights: dict[str, str] | None = None, device: str | None = None, limits: Limits | None = None) -> None:
+          weights: dict[str, str] | None = None, device: str | None = None, limits: Limits | None = None,
+          tokens_file: str | None = None, metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+          search_backend: str | None = None) -> None:
     """Run a server until SIGTERM/SIGINT. `weights` maps embedder names to weights files (default: the torch hub
-    cache); `device` is where embedders run ("cpu", "cuda"; default: the GPU when there is one)."""
-    token = Path(token_file).read_text().strip() if token_file else None
-    if token_file and not token:
-        raise SystemExit(f"token file {token_file} is empty")
+    cache); `device` is where embedders run ("cpu", "cuda"; default: the GPU when there is one). `metrics_port`
+    (0: any free one) serves Prometheus metrics at http://metrics_host:port/metrics. `search_backend`: "auto",
+    "faiss" or "torch" (None: env SIMDEX_SEARCH_BACKEND, else auto; see index.torch_ann)."""
+    try:
+        tokens = from_flags(token_file, tokens_file)
+    except TokensFileError as exc:
+        raise SystemExit(f"simdex: {exc}") from None
     try:
         pool = EmbedderPool(weights, device)
     except SimdexError as exc:
         raise SystemExit(f"simdex: {exc.message}") from None
-    service = Simdex(data_dir, db_url, snapshot_interval=snapshot_interval, embedders=pool, limits=limits)
+    try:
+        service = Simdex(data_dir, db_url, snapshot_interval=snapshot_interval, embedders=pool, limits=limits,
+                         search_backend=search_backend)
+    except SimdexError as exc:  # a bad SIMDEX_SEARCH_BACKEND or SIMDEX_TORCH_STORAGE
+        raise SystemExit(f"simdex: {exc.message}") from None
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     gate = CommitGate()
+    metrics = Metrics() if metrics_port is not None else None
     try:
-        server, bound, health_servicer = create_server(service, address, token=token, tls=tls,
-                                                       max_message_mb=max_message_mb, gate=gate)
+        server, bound, health_servicer = create_server(service, address, tls=tls, max_message_mb=max_message_mb,
+                                                       gate=gate, tokens=tokens, metrics=metrics)
+        metrics_http = start_metrics_server(metrics, metrics_host, metrics_port) if metrics else None
     except OSError as exc:
         service.close()
         raise SystemExit(f"simdex: {exc} (is another server running on that port?)") from None
     server.start()
+    if metrics_http:
+        print(f"simdex metrics on http://{metrics_host}:{metrics_http.server_address[1]}/metrics", flush=True)
     LOG.info("simdex serving on %s:%d (data %s, db %s)", host, bound, data_dir,
              service.engine.url.render_as_string(hide_password=True))
     print(f"simdex listening on {host}:{bound}", flush=True)
@@ -110,5 +136,8 @@ def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str
     done.wait()
     health_servicer.enter_graceful_shutdown()
     graceful_stop(server, gate, service.limits.stop_grace_s)
+    if metrics_http:
+        metrics_http.shutdown()
+        metrics_http.server_close()
     service.close()
     LOG.info("simdex stopped")

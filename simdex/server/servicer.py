@@ -8,10 +8,11 @@ otherwise. Writes commit only while their call is alive and the server is not pa
 """
 from __future__ import annotations
 
-from simdex import convert
+from simdex import convert, trace
 from simdex.errors import ResourceExhausted
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
+from simdex.server.backup_stream import backup_chunks
 from simdex.server.calls import CommitGate, client_stream
 from simdex.server.errors import grpc_errors
 from simdex.server.upsert_stream import read_upsert_stream
@@ -104,14 +105,22 @@ class SimdexServicer(pb_grpc.SimdexServicer):
 
     @grpc_errors
     def Search(self, request, context):
+        if trace.ON:
+            trace.begin()
         kw = convert.search_request_from_pb(request)
+        if trace.ON:
+            trace.mark("unpack")
         self._knn_can_fit(kw)
         hits, metas = self.service.search(**kw)
         texts = convert.metadata_texts(metas)
         least = convert.search_response_min_bytes(hits, texts)
         if least > self.max_bytes:  # refused before the message is built
             raise self._too_large(least, "Search", "would be at least")
-        return self._fits(convert.search_response_to_pb(hits, texts), "Search")
+        response = self._fits(convert.search_response_to_pb(hits, texts), "Search")
+        if trace.ON:
+            trace.mark("response")
+            trace.end()
+        return response
 
     @grpc_errors
     def Cluster(self, request, context):
@@ -156,3 +165,8 @@ class SimdexServicer(pb_grpc.SimdexServicer):
     def Translate(self, request, context):
         out = self.service.translate(request.model, list(request.texts), request.beam, request.max_len)
         return pb.TranslateResponse(translations=[t for t, _ in out], scores=[sc for _, sc in out])
+
+    # ---- operations --------------------------------------------------------------------------------------
+    @grpc_errors
+    def Backup(self, request, context):
+        return backup_chunks(self.service, self.max_bytes)

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from simdex import trace
 from simdex.distances import BIGGER_IS_BETTER
 from simdex.index.ann import AnnIndex
 from simdex.index.backend import NCPU, SMALL_BATCH, faiss
 from simdex.index.batcher import SearchBatcher
+from simdex.index.torch_ann import backend_name, make_index
 from simdex.limits import Limits
 from simdex.store import filters
 from simdex.store.items import CollectionRecord, Store, WriteResult
@@ -31,6 +33,10 @@ LOG = logging.getLogger(__name__)
 EXACT_SUBSET = 4096
 EXACT_SUBSET_FLOATS = 1 << 22
 TRAIN_SAMPLE = 100_000    # vectors sampled to train a kind that needs training
+# The answers of this many distinct filters (and at most these bytes of them) are kept until the next write.
+FILTER_CACHE = 32
+FILTER_CACHE_BYTES = 64 << 20
+CATCH_UP_FLOATS = 1 << 22  # a replica's catch-up step: whole writes of at most ~16 MB of float32 (one write at least)
 RANGE_SLICE = 256         # queries per FAISS range call at most (fewer on big collections: see _range)
 
 # The caller's veto on a commit (the server installs one per call with commit_guard): a factory of context
@@ -66,18 +72,26 @@ class Hits:
 class Collection:
     """One open collection: its database record, its AnnIndex and the lock that orders its writes."""
 
-    def __init__(self, info: CollectionRecord, store: Store, snapshot_dir: Path):
+    def __init__(self, info: CollectionRecord, store: Store, snapshot_dir: Path, search_backend: str = "faiss"):
+        """`search_backend`: "faiss" or "torch" (resolved by index.torch_ann.resolve_backend)."""
         self.info, self.store = info, store
         self.path = snapshot_dir / f"{info.id}.npz"
-        self.ann = AnnIndex(info.dim, info.metric, info.index)
+        self.ann = make_index(info.dim, info.metric, info.index, search_backend)
         self.seq = info.seq
         self.snap_seq = -1
         self.write_lock = threading.Lock()
+        self._filter_cache: dict = {}  # filter -> (seq, ann, match, allowed, n_allowed): see _filtered
+        self._filter_lock = threading.Lock()
         self.batcher = SearchBatcher(self._knn_unfiltered, slots=NCPU)
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def search_backend(self) -> str:
+        """What answers this collection's searches now ("torch:cpu:float32", "faiss", ...)."""
+        return backend_name(self.ann)
 
     # ---- start-up ----------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -115,7 +129,9 @@ class Collection:
         new = self.ann.fresh(sample)
         ext_of = dict(zip(live_iids.tolist(), live_ext))
         for iids, x in self.store.iter_vectors(self.info.id, self.info.dim):
-            new.add(iids, [ext_of[i] for i in iids.tolist()], x)
+            # rows another server on the database wrote since the listing wait for catch_up, which adds them
+            listed = np.fromiter((i in ext_of for i in iids.tolist()), dtype=bool, count=len(iids))
+            new.add(iids[listed], [ext_of[i] for i in iids[listed].tolist()], x[listed])
         self.ann = new
         self.snap_seq = -1
 
@@ -130,7 +146,7 @@ class Collection:
             res = self.store.upsert(self.info, ids, xb, metadata, hashes, fingerprint)
             self.ann.remove(res.removed_iids)
             self.ann.add(res.added_iids, list(ids), xb)
-            self.seq = res.seq
+            self._advance(res)
             self._maintain()
         return res
 
@@ -138,9 +154,42 @@ class Collection:
         with self.write_lock, _commit_window():
             res = self.store.delete(self.info, ids, ignore_missing)
             self.ann.remove(res.removed_iids)
-            self.seq = res.seq
+            self._advance(res)
             self._maintain()
         return res
+
+    # ---- following the other servers on the database (service/replication.py) -----------------------------
+    def catch_up(self) -> bool:
+        """Apply what other servers on the database committed after self.seq, in steps of whole writes of at most
+        CATCH_UP_FLOATS floats, each under the write lock (a search waits for one step's index change at most, a
+        write of this server for one step). False once the collection no longer exists in the database."""
+        while True:
+            with self.write_lock:
+                progress = self._step()
+            if not progress:
+                return progress is not None
+
+    def _step(self) -> bool | None:
+        """One step of catch_up (the caller holds the write lock): whether the index moved on, None when the
+        collection was deleted. Rows the index already holds (read past self.seq when it was opened or rebuilt)
+        are not added twice; removals come first, so the ids the new seq no longer has are gone before it shows."""
+        ch = self.store.changes(self.info.id, self.info.dim, self.seq, max(1, CATCH_UP_FLOATS // self.info.dim))
+        if ch is None or ch.seq <= self.seq:
+            return None if ch is None else False
+        self.ann.remove(ch.removed)
+        new = ~np.isin(ch.added, self.ann.iids_at(self.ann.positions(ch.added)))
+        self.ann.add(ch.added[new], [e for e, n in zip(ch.ext_ids, new) if n], ch.vectors[new])
+        self.seq = ch.seq
+        self._maintain()
+        return True
+
+    def _advance(self, res: WriteResult) -> None:
+        """Move self.seq to this write's, after the writes other servers committed before it (res.base is past
+        self.seq): those are applied first, or the index would claim a state it lacks. On a database's only
+        server res.base == self.seq always."""
+        while self.seq < res.base and self._step():
+            pass
+        self.seq = max(self.seq, res.seq)
 
     def listing(self, spec: filters.Filter = ()) -> tuple[int, np.ndarray, list[str]]:
         """(seq, (n,) int64 internal ids, external ids) of the live items matching `spec`, read at one seq."""
@@ -158,12 +207,41 @@ class Collection:
         ann, params = key  # the caller's index: ids must be read from the index that was searched
         return ann.knn(xq, k, params)
 
-    def _hits(self, ann: AnnIndex, D: np.ndarray, P: np.ndarray) -> list[Hits]:
+    def _filtered(self, ann: AnnIndex, spec: filters.Filter) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """(internal ids matching `spec`, their mask over `ann`'s positions or None when few enough to be searched
+        exactly, how many the mask holds). The filter's SQL scans the collection's rows (tens of ms at 100k), so
+        the answer is kept while the collection's sequence number and index are the ones it was read at: a write
+        changes the sequence number before it is acknowledged, and no later search uses the old answer."""
+        seq = self.seq  # read before the SQL: an answer newer than its seq is only ever discarded early
+        key = filters.cache_key(spec)
+        hit = self._filter_cache.get(key)
+        if hit is not None and hit[0] == seq and hit[1] is ann:
+            return hit[2:]
+        match = self.store.filter_iids(self.info.id, spec)
+        allowed = None
+        if len(match) > min(EXACT_SUBSET, max(64, EXACT_SUBSET_FLOATS // self.info.dim)):
+            allowed = ann.mask_of(match)
+        entry = (seq, ann, match, allowed, int(allowed.sum()) if allowed is not None else len(match))
+        with self._filter_lock:
+            cache = {f: e for f, e in self._filter_cache.items() if e[0] == seq and e[1] is ann}
+            size = sum(e[2].nbytes + (e[3].nbytes if e[3] is not None else 0) for e in cache.values())
+            if len(cache) >= FILTER_CACHE or size > FILTER_CACHE_BYTES:
+                cache.clear()
+            cache[key] = entry
+            self._filter_cache = cache
+        return entry[2:]
+
+    @staticmethod
+    def _hits(ann: AnnIndex, D: np.ndarray, P: np.ndarray) -> list[Hits]:
+        """(nq, k) scores and positions -> one Hits per query: ids and internal ids in one numpy step for all
+        queries when every query has k hits (the common case), row by row only when some have fewer (-1)."""
+        if P.size and P.min() >= 0:
+            return [Hits(ids, d, i) for ids, d, i in zip(ann.ext_ids(P), D, ann.iids_at(P))]
         out = []
         for d, p in zip(D, P):
             ok = p >= 0
             p = p[ok]
-            out.append(Hits(ann.ext_ids(p.tolist()), d[ok], ann.iids_at(p)))
+            out.append(Hits(ann.ext_ids(p), d[ok], ann.iids_at(p)))
         return out
 
     def _exact(self, ann: AnnIndex, xq: np.ndarray, iids: np.ndarray, k: int | None, radius: float | None,
@@ -181,10 +259,12 @@ class Collection:
         step = max(1, EXACT_SUBSET_FLOATS // self.info.dim)
         for c in range(0, len(every), step):
             pos = every[c:c + step]
-            found, xb = self.store.vectors(self.info.id, self.info.dim, ann.iids_at(pos))
-            pos = pos[found]  # and still in the database
+            xb = ann.stored_vectors(pos)
+            if xb is None:  # the index keeps no exact copy: the stored vectors, of the items still in the database
+                found, xb = self.store.vectors(self.info.id, self.info.dim, ann.iids_at(pos))
+                pos = pos[found]
             if self.info.metric == "cosine":
-                faiss.normalize_L2(xb)  # in place: Store.vectors returns a fresh copy of its own
+                faiss.normalize_L2(xb)  # in place: both sources return fresh copies of their own
             per = max(1, EXACT_SUBSET_FLOATS // max(1, len(xb)))
             for a in range(0, len(xq), per):
                 for q, s in enumerate(self._exact_scores(xq[a:a + per], xb), start=a):
@@ -231,19 +311,24 @@ class Collection:
         count = _HitCount(limits, len(xq), radius) if radius is not None else None
         allowed = None
         if spec:
-            match = self.store.filter_iids(self.info.id, spec)
-            if len(match) <= min(EXACT_SUBSET, max(64, EXACT_SUBSET_FLOATS // self.info.dim)):
+            match, allowed, n_allowed = self._filtered(ann, spec)
+            if trace.ON:
+                trace.mark("filter")
+            if allowed is None:
                 return self._exact(ann, xq, match, k, radius, keep, count)
-            allowed = ann.mask_of(match)
         if radius is not None:
             return self._range(ann, xq, radius, params, allowed, keep, count)
         if allowed is None and len(xq) < SMALL_BATCH and ann.stacks:
             D, P = self.batcher.search(xq, k, (ann, params))
+            if trace.ON:
+                trace.mark("batch wait")
         else:
             D, P = ann.knn(xq, k, params, allowed)
         hits = self._hits(ann, D, P)
+        if trace.ON:
+            trace.mark("id mapping")
         if allowed is not None:
-            want = min(k, int(allowed.sum()))
+            want = min(k, n_allowed)
             if any(len(h.ids) < want for h in hits):  # a graph kind ran out of reachable matches
                 return self._exact(ann, xq, match, k, None)
         return hits

@@ -56,28 +56,35 @@ class Collections:
 
     The lock orders creations and deletions; each collection's own write lock orders its writes."""
 
-    def __init__(self, store: Store, snapshot_dir: Path, embedders: Embedders, limits: Limits | None = None):
+    def __init__(self, store: Store, snapshot_dir: Path, embedders: Embedders, limits: Limits | None = None,
+                 search_backend: str = "faiss"):
         self.store, self.snapshot_dir, self.embedders = store, snapshot_dir, embedders
         self.limits = limits or Limits()
+        self.search_backend = search_backend  # "faiss" or "torch" (resolved): each collection's exact core
         self._lock = threading.Lock()
         self._cols: dict[str, Collection | Unloadable] = {}
         records = store.list_collections()
         self._remove_orphan_snapshots({r.id for r in records})
         for rec in records:
-            try:
-                self._cols[rec.name] = self._open(rec)
-            except Exception as exc:  # noqa: BLE001 - whatever broke it, the other collections are served
-                text = str(getattr(exc, "message", None) or exc).strip()
-                reason = f"{type(exc).__name__}: {text.splitlines()[-1][:300] if text else 'no message'}"
-                LOG.error("collection %s (id %d) is unavailable: %s", rec.name, rec.id, reason, exc_info=True)
-                self._cols[rec.name] = Unloadable(rec, reason, snapshot_dir / f"{rec.id}.npz")
+            self._cols[rec.name] = self._load(rec)
+
+    def _load(self, rec: CollectionRecord) -> Collection | Unloadable:
+        """The collection opened (see _open), or its Unloadable when its stored data cannot be loaded."""
+        try:
+            return self._open(rec)
+        except Exception as exc:  # noqa: BLE001 - whatever broke it, the other collections are served
+            text = str(getattr(exc, "message", None) or exc).strip()
+            reason = f"{type(exc).__name__}: {text.splitlines()[-1][:300] if text else 'no message'}"
+            LOG.error("collection %s (id %d) is unavailable: %s", rec.name, rec.id, reason, exc_info=True)
+            return Unloadable(rec, reason, self.snapshot_dir / f"{rec.id}.npz")
 
     def _open(self, rec: CollectionRecord) -> Collection:
         """The collection opened from its snapshot and the database; if that fails and a snapshot was there, the
         snapshot (derived data) is set aside as ID.npz.unusable and the index rebuilt from the database alone."""
-        col = Collection(rec, self.store, self.snapshot_dir)
+        col = Collection(rec, self.store, self.snapshot_dir, self.search_backend)
         try:
             col.open()
+            LOG.info("collection %s: searched by %s", rec.name, col.search_backend)
             return col
         except Exception as exc:  # noqa: BLE001 - retried without the snapshot; a second failure propagates
             if not col.path.exists():
@@ -86,8 +93,9 @@ class Collections:
             LOG.warning("collection %s: opening with snapshot %s failed (%s: %s); set aside as %s, rebuilding "
                         "from the database", rec.name, col.path, type(exc).__name__, exc, aside.name)
             col.path.replace(aside)
-        col = Collection(rec, self.store, self.snapshot_dir)
+        col = Collection(rec, self.store, self.snapshot_dir, self.search_backend)
         col.open()
+        LOG.info("collection %s: searched by %s", rec.name, col.search_backend)
         return col
 
     def _remove_orphan_snapshots(self, live: set[int]) -> None:
@@ -108,6 +116,28 @@ class Collections:
             raise NotFound(f"collection {name!r} not found")
         return col  # type: ignore[return-value] - an Unloadable stands in for it and refuses every use
 
+    def by_id(self, cid: int) -> Collection | None:
+        """The open collection of database id `cid`, None when there is none (or it is unloadable)."""
+        return next((c for c in list(self._cols.values()) if isinstance(c, Collection) and c.info.id == cid), None)
+
+    def sync(self) -> list[CollectionRecord]:
+        """Follow the collections that other servers on the database created or deleted: open the new ones, drop
+        the deleted ones (a name deleted and created again has a new id: the old one goes, the new one opens).
+        Returns the database's collections, listed under the lock (so no create or delete here is half done)."""
+        with self._lock:
+            records = self.store.list_collections()
+            ids = {r.id for r in records}
+            for name, col in list(self._cols.items()):
+                if (col.record if isinstance(col, Unloadable) else col.info).id not in ids:
+                    LOG.info("collection %s was deleted on another server: dropping it here", name)
+                    del self._cols[name]
+                    col.close(remove_snapshot=True)
+            for rec in records:
+                if rec.name not in self._cols:
+                    LOG.info("collection %s was created on another server: opening it here", rec.name)
+                    self._cols[rec.name] = self._load(rec)
+        return records
+
     def all(self) -> list[Collection]:
         """Every collection by name, the unloadable ones included (info() describes them, snapshots skip them)."""
         return sorted(self._cols.values(), key=lambda c: c.name)  # type: ignore[return-value]
@@ -123,9 +153,10 @@ class Collections:
         r = col.info
         fp = self.store.embedder_fingerprint(r.id) if r.embedder else ""
         return CollectionInfo(r.name, r.dim, r.metric, r.index, col.ann.n_live, col.ann.trained, col.seq,
-                              r.created_unix_ms, r.embedder, fp)
+                              r.created_unix_ms, r.embedder, fp, search_backend=col.search_backend)
 
-    def create(self, name: str, dim: int, metric: str = "l2", index: str = "Flat", embedder: str = "") -> Collection:
+    def create(self, name: str, dim: int = 0, metric: str = "l2", index: str = "Flat",
+               embedder: str = "") -> Collection:
         """A new empty collection; `dim` 0 takes the embedder's. Every argument is checked before anything is
         written (a missing embedder's weights fail now, not at the first upsert; the index description is
         rehearsed on a tiny instance, see index.describe), and a create that fails after all leaves no row."""
@@ -137,7 +168,8 @@ class Collections:
         if embedder:
             dim = self.embedders.collection_dim(embedder, dim)
         if not isinstance(dim, int) or dim <= 0:
-            raise InvalidArgument(f"dim must be a positive integer, got {dim!r}")
+            raise InvalidArgument(f"dim must be a positive integer, got {dim!r} (it may be left out, 0, only with an "
+                                  "embedder: the embedder's is taken)")
         if name in self._cols:  # before the rehearsal's work; the database's unique name decides under the lock
             raise AlreadyExists(f"collection {name!r} already exists")
         describe.check(dim, metric, index, self.limits)

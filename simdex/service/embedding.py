@@ -7,6 +7,8 @@ and an error about loading weights names the file, not its folder (the full mess
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,11 +28,31 @@ LOG = logging.getLogger(__name__)
 DEFAULT_TRANSLATOR = "questions-fr-en"
 
 
+class EmbedCounts:
+    """Raw items embedded and seconds spent embedding them, per embedder, since the service started: what the
+    server's metrics report (read by a scrape; the lock guards one dict update, never the embedding)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_name: dict[str, tuple[int, float]] = {}
+
+    def add(self, embedder: str, items: int, seconds: float) -> None:
+        with self._lock:
+            n, s = self._by_name.get(embedder, (0, 0.0))
+            self._by_name[embedder] = (n + items, s + seconds)
+
+    def totals(self) -> dict[str, tuple[int, float]]:
+        """{embedder: (items, seconds)}, a copy."""
+        with self._lock:
+            return dict(self._by_name)
+
+
 class Embedders:
     """The service's embedders: `pool` loads each one once, on first use; `limits` bounds what decoding costs."""
 
     def __init__(self, pool: EmbedderPool, store: Store, limits: Limits | None = None):
         self.pool, self.store, self.limits = pool, store, limits or Limits()
+        self.counts = EmbedCounts()
         LOG.info("embedder weights (full paths are for this log only; clients see file names): %s",
                  "; ".join(f"{s.name}={self.pool.where(s.name) or 'random'}"
                            f"{'' if self.pool.present(s.name) else ' (missing)'}" for s in registry.specs()))
@@ -87,7 +109,7 @@ class Embedders:
         n = len(images) + len(texts)
         if n > MAX_EMBED:
             raise InvalidArgument(f"embed: {n} items in one request, more than {MAX_EMBED}; send fewer per call")
-        e = embed_raw(self._load(embedder), images, texts, all_frames=all_frames, limits=self.limits)
+        e = self._counted(embedder, self._load(embedder), images, texts, all_frames=all_frames)
         return Embedding(e.vectors, e.fingerprint, e.item_index, e.frame_index, e.metadata)
 
     def translate(self, model: str, texts, beam: int = 1, max_len: int = 0) -> list[tuple[str, float]]:
@@ -99,7 +121,14 @@ class Embedders:
     def raw(self, col: Collection, images, texts, ids=None) -> Embedded:
         """Raw items for `col` (images or texts), embedded by its embedder; errors name an item by its id when
         `ids` are given."""
-        return embed_raw(self.of(col), images, texts, ids, limits=self.limits)
+        return self._counted(col.info.embedder, self.of(col), images, texts, ids=ids)
+
+    def _counted(self, name: str, emb, images, texts, **kw) -> Embedded:
+        """embed_raw with the loaded embedder `emb` (named `name`), counted in `counts` when it succeeds."""
+        t0 = time.perf_counter()
+        e = embed_raw(emb, images, texts, limits=self.limits, **kw)
+        self.counts.add(name, len(images) + len(texts), time.perf_counter() - t0)
+        return e
 
     def queries(self, col: Collection, images, texts) -> np.ndarray:
         """Raw queries -> (nq, dim) float32 in `col`'s space; FailedPrecondition, before anything is decoded, when

@@ -12,13 +12,16 @@ from pathlib import Path
 
 from simdex import defaults
 from simdex.embedder.registry import EmbedderPool
+from simdex.index.torch_ann import resolve_backend
 from simdex.limits import Limits
 from simdex.service.clustering import ClusterJobs
 from simdex.service.collection import Hits
 from simdex.service.collections import Collections
+from simdex.service.data_lock import DataLock
 from simdex.service.embedding import Embedders
 from simdex.service.heads import Heads
 from simdex.service.items import Items
+from simdex.service.replication import CATCH_UP_INTERVAL_S, Replication
 from simdex.service.search import Search
 from simdex.service.snapshots import Snapshots
 from simdex.store.engine import make_engine, migrate
@@ -34,26 +37,45 @@ class Simdex:
 
     def __init__(self, data_dir: str | Path, db_url: str | None = None,
                  snapshot_interval: float = defaults.SNAPSHOT_INTERVAL_S, embedders: EmbedderPool | None = None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, search_backend: str | None = None,
+                 catch_up_interval: float = CATCH_UP_INTERVAL_S):
         self.data_dir = Path(data_dir)
         self.limits = limits or Limits()
         self.embedders = embedders or EmbedderPool()
         (self.data_dir / "indexes").mkdir(parents=True, exist_ok=True)
         url = db_url or f"sqlite:///{(self.data_dir / 'simdex.db').resolve()}"
         self.engine = make_engine(url)
-        migrate(self.engine)
-        self.store = Store(self.engine)
-        self.embedding = Embedders(self.embedders, self.store, self.limits)
-        self.collections = Collections(self.store, self.data_dir / "indexes", self.embedding, self.limits)
-        self.items = Items(self.collections, self.store, self.embedding)
-        self.heads = Heads(self.collections, self.store, self.embedding)
-        self.searcher = Search(self.collections, self.store, self.embedding, self.heads, self.limits)
-        self.clusters = ClusterJobs(self.limits)
-        self.snapshots = Snapshots(self.collections, snapshot_interval)
+        sqlite_file = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        self.data_lock = DataLock(self.data_dir, None if sqlite_file in (None, "", ":memory:") else sqlite_file)
+        try:
+            migrate(self.engine)
+            self.store = Store(self.engine)
+            self.embedding = Embedders(self.embedders, self.store, self.limits)
+            # "auto" | "faiss" | "torch" (None: env SIMDEX_SEARCH_BACKEND, else auto), resolved once for every
+            # collection
+            backend = resolve_backend(search_backend)
+            LOG.info("search backend: %s (asked: %s)", backend, search_backend or "auto/env")
+            self.collections = Collections(self.store, self.data_dir / "indexes", self.embedding, self.limits,
+                                           backend)
+            self.items = Items(self.collections, self.store, self.embedding)
+            self.heads = Heads(self.collections, self.store, self.embedding)
+            self.searcher = Search(self.collections, self.store, self.embedding, self.heads, self.limits)
+            self.clusters = ClusterJobs(self.limits)
+            # Servers sharing a PostgreSQL database follow each other's commits (service/replication.py).
+            self.replication = (Replication(self.collections, self.engine, catch_up_interval)
+                                if self.engine.dialect.name == "postgresql" else None)
+            self.snapshots = Snapshots(self.collections, snapshot_interval)
+            if self.replication is not None:
+                self.replication.start()
+        except BaseException:
+            self.engine.dispose()
+            self.data_lock.release()
+            raise
 
     # ---- collections -------------------------------------------------------------------------------------
-    def create_collection(self, name: str, dim: int, metric: str = "l2", index: str = "Flat",
+    def create_collection(self, name: str, dim: int = 0, metric: str = "l2", index: str = "Flat",
                           embedder: str = "") -> CollectionInfo:
+        """A new empty collection; with an `embedder`, `dim` may be left out (0): the embedder's."""
         return self.collections.info(self.collections.create(name, dim, metric, index, embedder))
 
     def get_collection(self, name: str) -> CollectionInfo:
@@ -129,7 +151,11 @@ class Simdex:
         return self.snapshots.snapshot()
 
     def close(self) -> None:
-        """Stop the snapshot thread, write the last snapshots, close the collections, release the database."""
+        """Stop following the other servers, stop the snapshot thread, write the last snapshots, close the
+        collections, release the database and the data directory."""
+        if self.replication is not None:
+            self.replication.close()
         self.snapshots.close()
         self.collections.close()
         self.engine.dispose()
+        self.data_lock.release()

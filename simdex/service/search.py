@@ -39,6 +39,7 @@ class Search:
         `queries` (nq, d) float32; with `head`, a projection head into this collection, (nq, head dim) in its
         source space; with `images`/`texts` (and no queries), the collection's embedder makes the queries."""
         col = self.collections.get(name)
+        check_search_params(params, col.ann.knobs, col.info.index)
         if radius is None:
             check_k(k)
             if page_token:
@@ -46,7 +47,6 @@ class Search:
             self._check_knn_budget(_count_queries(queries, images, texts), k, include_metadata)
         xq = as_matrix(self._queries(col, queries, head, images, texts), "queries", col.info.dim)
         spec = filters.parse(filter)
-        check_search_params(params)
         if radius is None:
             hits = col.search(xq, k, params, spec)
         else:

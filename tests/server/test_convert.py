@@ -103,9 +103,11 @@ def test_head_spec_round_trip_and_defaults():
     bare = convert.head_spec_from_pb(pb.TrainHeadRequest(collection="c", head="h"))
     assert bare == HeadSpec("c", "h") and bare.test_fraction == defaults.HEAD_TEST_FRACTION
     assert bare.kind == defaults.HEAD_KIND
-    with pytest.raises(InvalidArgument, match="labels: expected a JSON object"):
+    with pytest.raises(InvalidArgument,
+                       match=r"labels must be a JSON object encoded as text, got '\[1\]' \(a JSON list\)"):
         convert.head_spec_from_pb(pb.TrainHeadRequest(collection="c", head="h", labels="[1]"))
-    with pytest.raises(InvalidArgument, match="params: not valid JSON"):
+    with pytest.raises(InvalidArgument,
+                       match=r"params must be a JSON object encoded as text, got '\{oops' \(not valid JSON"):
         convert.head_spec_from_pb(pb.TrainHeadRequest(collection="c", head="h", params="{oops"))
 
 
