@@ -194,6 +194,16 @@ def client(request, tmp_path):
     srv.stop()
 
 
+@pytest.fixture
+def procs(tmp_path):
+    """Starts `simdex serve` processes (tests/proc.py); every one still running at the end of the test is SIGKILLed."""
+    from proc import Procs
+
+    p = Procs(tmp_path)
+    yield p
+    p.cleanup()
+
+
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
     """A factory of real PACS processes (tests/orthanc.py): `orthanc(auth=None | "basic" | "token")` -> a ready

@@ -26,11 +26,16 @@ class RWLock:
         return self._write
 
 
-class _Read:
+class _Side:
+    """One side of an RWLock, reused by every `with`."""
     __slots__ = ("_rw",)
 
     def __init__(self, rw: RWLock):
         self._rw = rw
+
+
+class _Read(_Side):
+    __slots__ = ()
 
     def __enter__(self) -> None:
         rw = self._rw
@@ -47,11 +52,8 @@ class _Read:
                 rw._cond.notify_all()
 
 
-class _Write:
-    __slots__ = ("_rw",)
-
-    def __init__(self, rw: RWLock):
-        self._rw = rw
+class _Write(_Side):
+    __slots__ = ()
 
     def __enter__(self) -> None:
         rw = self._rw

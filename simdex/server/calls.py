@@ -61,10 +61,6 @@ class CommitGate:
         self._closed = False
         self._active = 0
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def guard(self, context, what: str):
         @contextmanager
         def window():

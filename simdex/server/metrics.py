@@ -144,14 +144,12 @@ class ServiceCollector:
         now = time.time()
         for col in self.service.collections.all():
             name = [col.name]
-            if isinstance(col, Unloadable):
-                r = col.record
-                info.add_metric(name, {"index": r.index, "metric": r.metric, "embedder": r.embedder})
-                unavailable.add_metric(name, 1)
-                continue
-            r = col.info
+            unloadable = isinstance(col, Unloadable)
+            r = col.record if unloadable else col.info
             info.add_metric(name, {"index": r.index, "metric": r.metric, "embedder": r.embedder})
-            unavailable.add_metric(name, 0)
+            unavailable.add_metric(name, int(unloadable))
+            if unloadable:
+                continue
             n = col.ann.n_live
             vectors.add_metric(name, n)
             vector_bytes.add_metric(name, n * r.dim * 4)

@@ -37,7 +37,7 @@ from sqlalchemy import Engine
 from simdex import __version__
 from simdex.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from simdex.store import backup as rows
-from simdex.store.engine import make_engine
+from simdex.store.engine import default_db_url, make_engine
 
 if TYPE_CHECKING:
     from simdex.service.facade import Simdex
@@ -47,11 +47,6 @@ FORMAT, FORMAT_VERSION = "simdex-backup", 1
 MANIFEST, DATABASE, INDEXES = "manifest.json", "simdex.db", "indexes"
 SNAPSHOT = re.compile(r"\d+\.npz")  # Collection.path (not its temporary, nor one set aside as unusable)
 READ_BYTES = 1 << 20
-
-
-def default_db_url(data_dir: str | Path) -> str:
-    """The database of a data directory when no --db is given: SQLite beside the index snapshots."""
-    return f"sqlite:///{(Path(data_dir) / DATABASE).resolve()}"
 
 
 def backup(service: Simdex, out: str | Path) -> dict:

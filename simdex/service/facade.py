@@ -24,7 +24,7 @@ from simdex.service.items import Items
 from simdex.service.replication import CATCH_UP_INTERVAL_S, Replication
 from simdex.service.search import Search
 from simdex.service.snapshots import Snapshots
-from simdex.store.engine import make_engine, migrate
+from simdex.store.engine import default_db_url, make_engine, migrate
 from simdex.store.items import Store
 from simdex.types import (ClusterResult, ClusterSpec, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, HeadSpec,
                           Item, Prediction, SearchParams)
@@ -43,8 +43,7 @@ class Simdex:
         self.limits = limits or Limits()
         self.embedders = embedders or EmbedderPool()
         (self.data_dir / "indexes").mkdir(parents=True, exist_ok=True)
-        url = db_url or f"sqlite:///{(self.data_dir / 'simdex.db').resolve()}"
-        self.engine = make_engine(url)
+        self.engine = make_engine(db_url or default_db_url(self.data_dir))
         sqlite_file = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
         self.data_lock = DataLock(self.data_dir, None if sqlite_file in (None, "", ":memory:") else sqlite_file)
         try:

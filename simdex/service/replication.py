@@ -99,19 +99,20 @@ class Replication:
         if any((c.event == "delete") == (self.collections.by_id(c.cid) is not None) for c in commits):
             self.collections.sync()
         for cid, seq in newest.items():
-            col = self.collections.by_id(cid)
-            if col is not None and col.seq < seq:  # not this server's own write, which is applied already
-                self._known(col, seq)
-                self._catch_up(col)
+            self._catch_up_to(cid, seq)  # this server's own writes are applied already: skipped there
 
     # ---- catching up -------------------------------------------------------------------------------------
     def catch_up_all(self) -> None:
         """Open and drop the collections created and deleted elsewhere, and catch up every one that is behind."""
         for rec in self.collections.sync():
-            col = self.collections.by_id(rec.id)
-            if col is not None and col.seq < rec.seq:
-                self._known(col, rec.seq)
-                self._catch_up(col)
+            self._catch_up_to(rec.id, rec.seq)
+
+    def _catch_up_to(self, cid: int, seq: int) -> None:
+        """Catch the open collection `cid` up when it holds less than `seq`."""
+        col = self.collections.by_id(cid)
+        if col is not None and col.seq < seq:
+            self._known(col, seq)
+            self._catch_up(col)
 
     def _catch_up(self, col) -> None:
         present = col.catch_up()

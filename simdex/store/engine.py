@@ -9,6 +9,14 @@ from sqlalchemy import Connection, Engine, create_engine, event
 LOG = logging.getLogger(__name__)
 
 
+SQLITE_FILE = "simdex.db"  # the database of a data directory when no --db is given
+
+
+def default_db_url(data_dir: str | Path) -> str:
+    """The database of a data directory when no --db is given: SQLite beside the index snapshots."""
+    return f"sqlite:///{(Path(data_dir) / SQLITE_FILE).resolve()}"
+
+
 def make_engine(url: str) -> Engine:
     """Engine for a database URL. SQLite gets WAL and synchronous=FULL: a commit survives kill -9 and power loss."""
     if url.startswith("sqlite"):

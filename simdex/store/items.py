@@ -136,7 +136,7 @@ class Store:
         CollectionRecord, or the `dim` of the vectors it writes). NotFound, nothing written, when it was deleted
         (or deleted and created again under its name) since. With a `fingerprint`, check it against the
         collection's (recording it if this is the collection's first embedder-made write)."""
-        cid = col.id if isinstance(col, CollectionRecord) else int(col)
+        cid = _cid(col)
         where = [CollectionRow.id == cid]
         if isinstance(col, CollectionRecord):
             where += [CollectionRow.name == col.name, CollectionRow.dim == col.dim]
@@ -181,7 +181,7 @@ class Store:
         """Replace-or-insert `ids` with (n, d) float32 `vectors` in one transaction, into the collection `col`
         (its id, or its record: see _lock_collection) if it still is the one of that id and of dim d."""
         n = len(ids)
-        cid = col.id if isinstance(col, CollectionRecord) else int(col)
+        cid = _cid(col)
         with self.engine.begin() as conn:
             base, next_iid = self._lock_collection(conn, col, vectors.shape[1], fingerprint)
             seq = base + 1
@@ -203,7 +203,7 @@ class Store:
 
     def delete(self, col: "int | CollectionRecord", ids: Sequence[str], ignore_missing: bool) -> WriteResult:
         """Delete `ids` in one transaction from the collection `col` (its id or its record: see _lock_collection)."""
-        cid = col.id if isinstance(col, CollectionRecord) else int(col)
+        cid = _cid(col)
         with self.engine.begin() as conn:
             base, _ = self._lock_collection(conn, col)
             seq = base
@@ -352,3 +352,8 @@ def _matrix(cid: int, dim: int, iids: np.ndarray, blobs: list[bytes]) -> np.ndar
                        f"first internal id {int(iids[j])} with {len(blobs[j])} bytes for dim {dim} "
                        f"({4 * dim} bytes)")
     return unpack_floats(b"".join(blobs)).reshape(len(blobs), dim)
+
+
+def _cid(col: "int | CollectionRecord") -> int:
+    """The collection id of an id or a record (the writes take either: see Store._lock_collection)."""
+    return col.id if isinstance(col, CollectionRecord) else int(col)

@@ -50,24 +50,24 @@ async def read_query(request: Request, max_file_bytes: int) -> Query:
     if kind == "multipart/form-data":
         return await _multipart(request, max_file_bytes)
     if kind == "application/json":
-        body = b"".join([c async for c in _capped(_checked(request, MAX_JSON_BYTES, "the JSON body"),
-                                                  MAX_JSON_BYTES, "the JSON body")])
+        body = b"".join([c async for c in _body(request, MAX_JSON_BYTES, "the JSON body")])
         return _from_json(body)
     raise HTTPException(415, f"content type {kind or 'none'!r}: send multipart/form-data (file, collection, k) or "
                              "application/json ({\"study_uid\", \"collection\", \"k\"})")
 
 
-def _checked(request: Request, limit: int, what: str) -> AsyncIterator[bytes]:
-    """The request's body stream, after refusing a declared Content-Length over `limit`."""
+def _body(request: Request, limit: int, what: str) -> AsyncIterator[bytes]:
+    """The request's body stream, capped at `limit`: a declared Content-Length over it is refused now, a body that
+    grows past it as it arrives."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large(limit, what)
-    return request.stream()
+    return _capped(request.stream(), limit, what)
 
 
 async def _multipart(request: Request, max_file_bytes: int) -> Query:
     limit = max_file_bytes + FORM_SLACK
-    body = _capped(_checked(request, limit, "the upload"), limit, "the upload")
+    body = _body(request, limit, "the upload")
     try:
         form = await MultiPartParser(request.headers, body, max_files=1, max_fields=4).parse()
     except MultiPartException as e:

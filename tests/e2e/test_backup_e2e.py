@@ -11,19 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import oracle
-from proc import Procs, run_cli
+from proc import run_cli
 from simdex.clients import Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 DIM, N, TOKEN = 16, 1000, "backup-admin-token"
-
-
-@pytest.fixture
-def procs(tmp_path):
-    """Starts `simdex serve` processes; every one still running at the end of the test is SIGKILLed."""
-    p = Procs(tmp_path)
-    yield p
-    p.cleanup()
 
 
 class LateWriter(threading.Thread):

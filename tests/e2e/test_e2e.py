@@ -19,21 +19,13 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from conftest import oracle
-from proc import Procs, health_check, run_cli
+from proc import health_check, run_cli
 from simdex.clients import Client, NotFound, Unauthenticated, Unavailable
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
 from simdex.wire import pack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def procs(tmp_path):
-    """Starts `simdex serve` processes; every one still running at the end of the test is SIGKILLed."""
-    p = Procs(tmp_path)
-    yield p
-    p.cleanup()
 
 
 # ---- 1. kill -9 in the middle of a stream of upserts ----------------------------------------------------------

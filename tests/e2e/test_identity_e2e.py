@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from proc import Procs, server_env
+from proc import server_env
 from simdex.clients import Client, FailedPrecondition, InvalidArgument, NotFound
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -41,13 +41,6 @@ while time.monotonic() < end:
     codes[code] = codes.get(code, 0) + 1
 print(json.dumps(codes))
 """
-
-
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path)
-    yield p
-    p.cleanup()
 
 
 def db_engine(data, db_url) -> sa.Engine:

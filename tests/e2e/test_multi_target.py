@@ -30,13 +30,6 @@ COL = "multi"
 THREADS = 8
 
 
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path)
-    yield p
-    p.cleanup()
-
-
 def start_metered(procs: Procs, data) -> tuple[ServerProc, int]:
     """A ready server with --metrics-port, and that port."""
     port = free_port()

@@ -12,19 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import oracle
-from proc import Procs, ServerExited
+from proc import ServerExited
 from simdex.clients import Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 DIM = 16
 WAIT_S = 15.0
-
-
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path)
-    yield p
-    p.cleanup()
 
 
 @pytest.fixture
@@ -59,6 +52,15 @@ def vectors(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
 
 
+def fill(c: Client, n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Create collection col on `c` and upsert v0..v{n-1} = vectors(n, seed): their names and vectors."""
+    c.create_collection("col", DIM)
+    x = vectors(n, seed)
+    names = [f"v{i}" for i in range(n)]
+    c.upsert("col", names, x)
+    return names, x
+
+
 def eventually(check, what: str, timeout: float = WAIT_S):
     deadline = time.monotonic() + timeout
     last = None
@@ -80,10 +82,7 @@ def answers_like_oracle(c: Client, live: dict[str, np.ndarray], xq: np.ndarray, 
 
 def test_an_upsert_on_a_is_found_on_b_and_c(replicas, clients):
     a, b, c = (clients(p.target) for p in replicas(3))
-    a.create_collection("col", DIM)
-    x = vectors(500, 0)
-    names = [f"v{i}" for i in range(500)]
-    a.upsert("col", names, x)
+    names, x = fill(a, 500, 0)
     live = dict(zip(names, x))
     for name, replica in (("b", b), ("c", c)):
         eventually(lambda r=replica: answers_like_oracle(r, live, x[:30]), f"replica {name} to find a's upsert")
@@ -92,10 +91,7 @@ def test_an_upsert_on_a_is_found_on_b_and_c(replicas, clients):
 
 def test_a_delete_on_c_disappears_from_a_and_b(replicas, clients):
     a, b, c = (clients(p.target) for p in replicas(3))
-    a.create_collection("col", DIM)
-    x = vectors(200, 1)
-    names = [f"v{i}" for i in range(200)]
-    a.upsert("col", names, x)
+    names, x = fill(a, 200, 1)
     eventually(lambda: c.count("col") == 200, "replica c to hold a's rows")
     eventually(lambda: answers_like_oracle(c, dict(zip(names, x)), x[:5]), "replica c's index to hold a's rows")
     assert c.delete("col", names[:50]) == 50
@@ -120,11 +116,8 @@ def test_a_replica_started_after_the_writes_catches_up(replicas, procs, pg_url):
     (deletes and replacements), it restores its snapshot and catches up. Servers start here while this process
     has no channel open: grpc's fork handler can hang a fork made while one is."""
     first, = replicas(1)
-    x = vectors(300, 2)
-    names = [f"v{i}" for i in range(300)]
     with Client(first.target) as a:
-        a.create_collection("col", DIM)
-        a.upsert("col", names, x)
+        names, x = fill(a, 300, 2)
         a.delete("col", names[:30])
     live = dict(zip(names[30:], x[30:]))
     late, = replicas(1)
@@ -150,10 +143,7 @@ def test_replicas_never_return_an_id_deleted_at_or_before_the_state_they_report(
     replica shows at least state s). When the writer stops, every deleted id is gone everywhere within WAIT_S."""
     procs = replicas(3)
     a = clients(procs[0].target)
-    a.create_collection("col", DIM)
-    x = vectors(600, 3)
-    names = [f"v{i}" for i in range(600)]
-    a.upsert("col", names, x)
+    names, x = fill(a, 600, 3)
     readers = [clients(p.target) for p in procs[1:]]
     for r in readers:
         eventually(lambda r=r: r.count("col") == 600, "the readers to hold every row")
@@ -202,10 +192,7 @@ def test_kill_9_of_a_replica_under_search_load_fails_no_search(replicas, clients
     while one replica is killed with SIGKILL: no search fails."""
     procs = replicas(3)
     writer = clients(procs[0].target)
-    writer.create_collection("col", DIM)
-    x = vectors(400, 4)
-    names = [f"v{i}" for i in range(400)]
-    writer.upsert("col", names, x)
+    names, x = fill(writer, 400, 4)
     live = dict(zip(names, x))
     for c in [clients(p.target) for p in procs]:
         eventually(lambda c=c: answers_like_oracle(c, live, x[:5]), "every replica to hold the rows")

@@ -10,7 +10,6 @@ import grpc
 import numpy as np
 import pytest
 
-from proc import Procs
 from simdex.clients import Client
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
@@ -22,13 +21,6 @@ DIM = 8
 STREAMS = 8       # open at once: gRPC's iterator ended quietly (and the part received was stored) in ~3 of 7 runs
 PARTS = 3         # messages each stream sends before it waits
 PER_PART = 50
-
-
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path)
-    yield p
-    p.cleanup()
 
 
 def part(s: int, j: int) -> pb.UpsertRequest:
