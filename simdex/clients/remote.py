@@ -25,6 +25,7 @@ import grpc
 from simdex import convert, defaults
 from simdex.clients import targets
 from simdex.clients.backup_files import receive
+from simdex.clients.coalesce import SearchCoalescer, stackable
 from simdex.errors import Unavailable
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
@@ -53,8 +54,12 @@ class RemoteTransport:
 
     def __init__(self, target: str | Sequence[str] = "127.0.0.1:50051", token: str | None = None, *,
                  tls: bool = False, root_certificates: bytes | None = None,
-                 max_message_mb: float = defaults.MAX_MESSAGE_MB, timeout: float | None = None):
+                 max_message_mb: float = defaults.MAX_MESSAGE_MB, timeout: float | None = None,
+                 search_slots: int = defaults.CLIENT_SEARCH_SLOTS):
         self.target = targets.parse(target)
+        # concurrent small searches stacked into few RPCs (simdex.clients.coalesce); not on the asyncio transport
+        self._coalescer = SearchCoalescer(self._stacked, search_slots) if search_slots and self.channels is grpc \
+            else None
         self.max_message_bytes = int(max_message_mb * 1024 * 1024)
         self.timeout = timeout
         options = [("grpc.max_receive_message_length", self.max_message_bytes),
@@ -149,10 +154,21 @@ class RemoteTransport:
 
     def search(self, name, queries, k, *, radius=None, filter="", params=SearchParams(),  # noqa: A002
                include_metadata=False, page_size=0, page_token="", head="", images=(), texts=()):
-        req = convert.search_request_to_pb(name, queries, k, radius=radius, filter=filter, params=params,
-                                           include_metadata=include_metadata, page_size=page_size,
-                                           page_token=page_token, head=head, images=images, texts=texts)
-        return self._call(self.stub.Search, req, lambda r: convert.search_response_from_pb(r, include_metadata))
+        kw = dict(radius=radius, filter=filter, params=params, include_metadata=include_metadata,
+                  page_size=page_size, page_token=page_token, head=head, images=images, texts=texts)
+        if self._coalescer is not None and stackable(queries, k, **kw):
+            return self._coalescer.search((name, k, queries.shape[1], filter, params, head), queries)
+        return self._search_call(name, queries, k, **kw)
+
+    def _search_call(self, name, queries, k, **kw):
+        req = convert.search_request_to_pb(name, queries, k, **kw)
+        return self._call(self.stub.Search, req,
+                          lambda r: convert.search_response_from_pb(r, kw.get("include_metadata", False)))
+
+    def _stacked(self, key, queries):
+        """One Search RPC of the coalescer: the rows of the searches of several callers with equal `key`."""
+        name, k, _, filter, params, head = key  # noqa: A001
+        return self._search_call(name, queries, k, filter=filter, params=params, head=head)
 
     def cluster(self, name, spec, page_size, page_token):
         req = convert.cluster_request_to_pb(name, spec, page_size, page_token)

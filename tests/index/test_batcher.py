@@ -18,7 +18,7 @@ def test_concurrent_requests_are_stacked_and_answered_row_for_row(slots):
         # group of one key hold three or more rows (or a first call already stacked them): stacking is then
         # certain, not a matter of how the threads happen to be scheduled.
         deadline = time.monotonic() + 10
-        while (len(calls) <= slots and len(b._pending) < 5 and max(calls) <= 2
+        while (len(calls) <= slots and len(b._combiner._pending) < 5 and max(calls) <= 2
                and time.monotonic() < deadline):
             time.sleep(0.001)
         D = np.repeat(xq[:, :1], k, axis=1) + np.arange(k)[None, :] + key
