@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from simdex import defaults
-from simdex.errors import InvalidArgument, SimdexError, from_code, not_a_json_object
+from simdex.errors import Internal, InvalidArgument, SimdexError, from_code, not_a_json_object
 from simdex.proto import simdex_pb2 as pb
 from simdex.types import (
     Cluster, ClusterResult, ClusterSpec, CollectionInfo, EmbedderInfo, Embedding, HeadInfo, HeadSpec, Item,
@@ -200,10 +201,12 @@ def search_request_to_pb(name: str, queries: np.ndarray | None, k: int, *, radiu
                          filter: str = "", params: SearchParams = SearchParams(),  # noqa: A002
                          include_metadata: bool = False, page_size: int = 0, page_token: str = "", head: str = "",
                          images: Sequence[bytes] = (), texts: Sequence[str] = ()) -> pb.SearchRequest:
-    """The arguments of `Simdex.search` -> SearchRequest; `queries` (nq, d) float32 or None with raw inputs."""
+    """The arguments of `Simdex.search` -> SearchRequest; `queries` (nq, d) float32 or None with raw inputs.
+    A k-NN search without metadata asks for the packed answer."""
     req = pb.SearchRequest(collection=name, queries=matrix_to_pb(queries) if queries is not None else None, k=k,
                            filter=filter, params=search_params_to_pb(params), include_metadata=include_metadata,
-                           page_size=page_size, page_token=page_token, head=head, images=images, texts=texts)
+                           page_size=page_size, page_token=page_token, head=head, images=images, texts=texts,
+                           packed=radius is None and not include_metadata)
     if radius is not None:
         req.radius = radius
     return req
@@ -250,9 +253,71 @@ def search_response_to_pb(hits: Sequence, texts: Sequence[Sequence[str]] | None)
     return resp
 
 
+def packs(request: pb.SearchRequest) -> bool:
+    """Whether the answer to `request` is packed: asked for, k-NN, no metadata."""
+    return request.packed and not request.HasField("radius") and not request.include_metadata
+
+
+def packed_response_min_bytes(ids: str, hits: Sequence) -> int:
+    """A lower bound of a packed SearchResponse's size: the joined ids (characters), 4 bytes per distance, and a
+    count per query."""
+    return len(ids) + 4 * sum(len(h.distances) for h in hits) + len(hits)
+
+
+def packed_ids(hits: Sequence) -> str:
+    return "\0".join(chain.from_iterable(h.ids for h in hits))
+
+
+def packed_response_to_pb(ids: str, hits: Sequence) -> pb.SearchResponse:
+    """Hits (with `ids` and (m,) `distances`) of every query, and their ids joined (packed_ids) -> one PackedHits."""
+    dist = np.concatenate([h.distances for h in hits]) if hits else np.zeros(0, np.float32)
+    return pb.SearchResponse(packed=pb.PackedHits(ids=ids, distances=to_bytes(dist),
+                                                  counts=[len(h.ids) for h in hits]))
+
+
+class PackedAnswer(Sequence):
+    """A packed k-NN answer as a sequence of QueryHits (made when one is read): `ids` and `distances` of every hit,
+    query after query, and the `bounds` of each query's hits in them. Slices are PackedAnswers too."""
+
+    def __init__(self, ids: list[str], distances: np.ndarray, bounds: np.ndarray):
+        self.ids, self.distances, self.bounds = ids, distances, bounds
+
+    @classmethod
+    def from_pb(cls, p: pb.PackedHits) -> PackedAnswer:
+        ids = p.ids.split("\0") if p.ids else []
+        distances = unpack_floats(p.distances)
+        bounds = np.zeros(len(p.counts) + 1, dtype=np.int64)
+        np.cumsum(p.counts, out=bounds[1:])
+        if not len(ids) == len(distances) == bounds[-1]:
+            raise Internal(f"malformed packed search answer: {len(ids)} ids, {len(distances)} distances, "
+                           f"counts summing to {bounds[-1]}")
+        return cls(ids, distances, bounds)
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            a, b, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("a PackedAnswer slices with step 1 only")
+            b = max(a, b)
+            lo, hi = self.bounds[a], self.bounds[b]
+            return PackedAnswer(self.ids[lo:hi], self.distances[lo:hi], self.bounds[a:b + 1] - lo)
+        i = range(len(self))[i]  # negative indices too; IndexError past the end
+        lo, hi = self.bounds[i], self.bounds[i + 1]
+        return QueryHits(self.ids[lo:hi], self.distances[lo:hi])
+
+    def full(self, k: int) -> bool:
+        """Whether every query has exactly k hits (then row q's are ids[q*k:(q+1)*k])."""
+        return len(self.ids) == k * len(self) and bool((np.diff(self.bounds) == k).all())
+
+
 def search_response_from_pb(r: pb.SearchResponse, include_metadata: bool
-                            ) -> tuple[list[QueryHits], list[list[dict]] | None]:
+                            ) -> tuple[Sequence[QueryHits], list[list[dict]] | None]:
     """SearchResponse -> (one QueryHits per query, per-hit metadata dicts or None when not asked)."""
+    if r.HasField("packed"):
+        return PackedAnswer.from_pb(r.packed), None
     hits = [QueryHits(list(h.ids), unpack_floats(h.distances), h.next_page_token) for h in r.results]
     metas = [[json.loads(m) for m in h.metadata] for h in r.results] if include_metadata else None
     return hits, metas

@@ -49,8 +49,10 @@ def _check_norms(arr: np.ndarray, name: str) -> None:
     value, so no row under the limit overflows or nears it) leaves only rows over half the limit to be summed again
     in float64, which decides; the screen costs about a seventh of a float64 pass (measured at 10,000 x 768).
     One row (a single query, the usual search) is screened by one dot product instead of the einsum pass."""
-    if arr.shape[0] == 1 and float(np.dot(arr[0], arr[0])) <= MAX_SQ_NORM / 2:  # NaN fails the comparison
-        return
+    if arr.shape[0] == 1:
+        with np.errstate(over="ignore", invalid="ignore"):
+            if float(np.dot(arr[0], arr[0])) <= MAX_SQ_NORM / 2:  # NaN and overflow fail the comparison
+                return
     for start in range(0, arr.shape[0], _NORM_ROWS):
         block = arr[start:start + _NORM_ROWS]
         with np.errstate(over="ignore", invalid="ignore"):

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from simdex.clients.plans import Call, Plan
+from simdex.convert import PackedAnswer
 from simdex.distances import worst
 from simdex.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SimdexError, not_a_json_object
 from simdex.types import Prediction, SearchParams, SearchResult
@@ -127,6 +128,11 @@ def search_params(params: dict | None) -> SearchParams:
 def padded_knn(answers, k: int, metric: str, include_metadata: bool) -> SearchResult:
     """The (hits, metas) answers of several k-NN calls -> one SearchResult, distances (nq, k) float32 padded with
     the metric's worst score where fewer than k hits exist."""
+    if not include_metadata and all(isinstance(part, PackedAnswer) and part.full(k) for part, _ in answers):
+        # every query has k hits: rows straight from the packed arrays, no per-hit objects
+        ids = [part.ids[i:i + k] for part, _ in answers for i in range(0, len(part.ids), k)]
+        D = np.concatenate([part.distances for part, _ in answers]).reshape(len(ids), k)
+        return SearchResult(ids, D, None)
     hits = [h for part, _ in answers for h in part]
     D = np.full((len(hits), k), worst(metric), dtype=np.float32)
     for row, h in enumerate(hits):
