@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from itertools import chain
+from itertools import accumulate, chain
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -279,15 +279,14 @@ class PackedAnswer(Sequence):
     """A packed k-NN answer as a sequence of QueryHits (made when one is read): `ids` and `distances` of every hit,
     query after query, and the `bounds` of each query's hits in them. Slices are PackedAnswers too."""
 
-    def __init__(self, ids: list[str], distances: np.ndarray, bounds: np.ndarray):
+    def __init__(self, ids: list[str], distances: np.ndarray, bounds: list[int]):
         self.ids, self.distances, self.bounds = ids, distances, bounds
 
     @classmethod
     def from_pb(cls, p: pb.PackedHits) -> PackedAnswer:
         ids = p.ids.split("\0") if p.ids else []
         distances = unpack_floats(p.distances)
-        bounds = np.zeros(len(p.counts) + 1, dtype=np.int64)
-        np.cumsum(p.counts, out=bounds[1:])
+        bounds = list(accumulate(p.counts, initial=0))
         if not len(ids) == len(distances) == bounds[-1]:
             raise Internal(f"malformed packed search answer: {len(ids)} ids, {len(distances)} distances, "
                            f"counts summing to {bounds[-1]}")
@@ -303,14 +302,15 @@ class PackedAnswer(Sequence):
                 raise ValueError("a PackedAnswer slices with step 1 only")
             b = max(a, b)
             lo, hi = self.bounds[a], self.bounds[b]
-            return PackedAnswer(self.ids[lo:hi], self.distances[lo:hi], self.bounds[a:b + 1] - lo)
+            return PackedAnswer(self.ids[lo:hi], self.distances[lo:hi], [x - lo for x in self.bounds[a:b + 1]])
         i = range(len(self))[i]  # negative indices too; IndexError past the end
         lo, hi = self.bounds[i], self.bounds[i + 1]
         return QueryHits(self.ids[lo:hi], self.distances[lo:hi])
 
     def full(self, k: int) -> bool:
         """Whether every query has exactly k hits (then row q's are ids[q*k:(q+1)*k])."""
-        return len(self.ids) == k * len(self) and bool((np.diff(self.bounds) == k).all())
+        b = self.bounds
+        return len(self.ids) == k * len(self) and all(b[i + 1] - b[i] == k for i in range(len(self)))
 
 
 def search_response_from_pb(r: pb.SearchResponse, include_metadata: bool
