@@ -8,7 +8,8 @@ import os
 
 # gRPC messages: the server's receive limit and the size the client splits requests to fit.
 MAX_MESSAGE_MB = 64
-# A Client's small searches in flight at once; further concurrent ones wait and go together (clients.coalesce).
+# A Client's small searches in flight at once, per server of its target; further concurrent ones wait and go
+# together (clients.coalesce).
 CLIENT_SEARCH_SLOTS = 2
 
 # Mean shift (the Cluster RPC): absent request fields take these.

@@ -40,7 +40,7 @@ class ClientBase:
 
     def __init__(self, target: str | Sequence[str] = "127.0.0.1:50051", token: str | None = None, *, tls: bool = False,
                  root_certificates: bytes | None = None, max_message_mb: float = defaults.MAX_MESSAGE_MB,
-                 timeout: float | None = None, search_slots: int = defaults.CLIENT_SEARCH_SLOTS):
+                 timeout: float | None = None, search_slots: int | None = None):
         self._attach(self.remote(target, token, tls=tls, root_certificates=root_certificates,
                                  max_message_mb=max_message_mb, timeout=timeout, search_slots=search_slots))
 
@@ -397,9 +397,10 @@ class Client(ClientBase):
     """A connection to a simdex server (`Client(target)`) or a service in this process (`Client.local(path)`).
     Same methods, same errors. Also a context manager.
 
-    One Client is meant to be shared by a process's threads: while `search_slots` (default 2) of its small k-NN
-    searches are in flight, further concurrent ones queue and go together in the next Search RPC, each caller
-    getting its own answer (simdex.clients.coalesce); `search_slots=0` sends every search on its own."""
+    One Client is meant to be shared by a process's threads: while `search_slots` (default 2 per server of the
+    target) of its small k-NN searches are in flight, further concurrent ones queue and go together in the next
+    Search RPC, each caller getting its own answer (simdex.clients.coalesce); `search_slots=0` sends every search
+    on its own."""
 
     remote = RemoteTransport
 

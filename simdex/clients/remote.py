@@ -55,9 +55,12 @@ class RemoteTransport:
     def __init__(self, target: str | Sequence[str] = "127.0.0.1:50051", token: str | None = None, *,
                  tls: bool = False, root_certificates: bytes | None = None,
                  max_message_mb: float = defaults.MAX_MESSAGE_MB, timeout: float | None = None,
-                 search_slots: int = defaults.CLIENT_SEARCH_SLOTS):
+                 search_slots: int | None = None):
         self.target = targets.parse(target)
-        # concurrent small searches stacked into few RPCs (simdex.clients.coalesce); not on the asyncio transport
+        # concurrent small searches stacked into few RPCs (simdex.clients.coalesce); not on the asyncio transport.
+        # By default CLIENT_SEARCH_SLOTS per server of a list, so that stacking never leaves a replica idle.
+        if search_slots is None:
+            search_slots = defaults.CLIENT_SEARCH_SLOTS * targets.servers(self.target)
         self._coalescer = SearchCoalescer(self._stacked, search_slots) if search_slots and self.channels is grpc \
             else None
         self.max_message_bytes = int(max_message_mb * 1024 * 1024)

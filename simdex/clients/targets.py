@@ -59,6 +59,12 @@ def parse(target: str | Sequence[str]) -> Target:
     return Target(address_list(entries, resolved), entries[0])
 
 
+def servers(target: Target) -> int:
+    """How many servers a Target names: the addresses of a resolved list, else 1 (one host:port, or a name the
+    channel resolves itself, such as dns:///)."""
+    return target.uri.count(",") + 1 if target.authority is not None else 1
+
+
 def split_host_port(entry: str) -> tuple[str, int]:
     """"host:port" or "[v6]:port" -> (host, port)."""
     m = _HOST_PORT.fullmatch(entry)

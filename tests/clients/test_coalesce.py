@@ -128,3 +128,13 @@ def test_the_asyncio_client_has_no_coalescer(server):
             return c._transport._coalescer
 
     assert asyncio.run(main()) is None
+
+
+def test_the_default_slots_are_two_per_server_of_the_target():
+    from simdex.clients import targets
+
+    assert targets.servers(targets.parse("127.0.0.1:1")) == 1
+    assert targets.servers(targets.parse(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"])) == 3
+    assert targets.servers(targets.parse("dns:///localhost:1")) == 1
+    with Client(["127.0.0.1:1", "127.0.0.1:2"]) as c:
+        assert c._transport._coalescer._combiner._free == 4
