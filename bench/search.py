@@ -23,13 +23,15 @@ that each carry their targets (issue 13) and whether each was met:
      timed with back-to-back calls (its own steady state) in 6 short windows, the paths taking turns, so that drift
      on a shared machine (this 2-core VM has plenty) hits every path alike. Calls are not interleaved one by one:
      that would let each path evict the caches of the next and measure the mix instead.
- (b) throughput of single-query searches from 8 client threads, each with its own `Client`, i.e. its own
-     grpc.Channel object; grpc core still multiplexes them over ONE TCP connection (channels to the same target with
-     the same options share a subchannel: `ss` shows a single connection), and the bare paths are driven the same
-     way. Rows: the echo, the bare gRPC + FAISS server, and in-process FAISS from 8 threads (the compute ceiling of
-     the index on this machine). Paths alternate in rounds. Server and client CPU time per request (from /proc and
-     os.times, thread start-up included) show where the 2 cores go. Targets: simdex >= 1.2x the bare gRPC + FAISS
-     server, and >= 2x the req/s of main before issue 13 (BEFORE_QPS; --before-qps to give others).
+ (b) throughput of single-query searches from 8 client threads sharing one `Client` (as a service holds it: its
+     concurrent searches stack into few RPCs, simdex.clients.coalesce), and from 8 threads with a `Client` each
+     (nothing stacks; their grpc.Channel objects still share ONE TCP connection: channels to the same target with
+     the same options share a subchannel, `ss` shows a single connection); the bare paths are driven one channel
+     per thread. Rows: the echo, the bare gRPC + FAISS server, and in-process FAISS from 8 threads (the compute
+     ceiling of the index on this machine). Paths alternate in rounds. Server and client CPU time per request (from
+     /proc and os.times, thread start-up included) show where the 2 cores go. Targets: simdex (shared Client) >=
+     1.2x the bare gRPC + FAISS server, and >= 2x the req/s of main before issue 13 (BEFORE_QPS; --before-qps to
+     give others).
  (c) one `Client.search` of 1,000 queries (k=10) against `index.search` of the same queries in-process with all
      OpenMP threads, calls alternating; the top-10 ids are compared as a sanity check. Target >= 90%.
  (d) ingest: `Client.upsert` in chunks of --chunk rows (each call one committed transaction) against
@@ -372,13 +374,14 @@ def throughput_table(run: Run, rounds: int = 3) -> None:
 def aio_table(run: Run) -> None:
     """(e) the grpc.aio prototype against the thread pool, from the measurements of (a) and (b)."""
     p50, p99, qps = run.lat["p50"], run.lat["p99"], run.qps
-    rows = [[label, us(p50[k]), us(p99[k]), f"{qps[k]:,.0f}", us(run.cpu[k])] for k, label in [
-        ("simdex", "simdex serve: grpc.server, thread pool of 16"),
-        ("aio inline", "grpc.aio, Search run in the event loop"),
-        ("aio executor", f"grpc.aio, Search run in a pool of {ncpu()} threads"),
+    # req/s of one Client per thread on every server: the prototype's clients are made that way (nothing stacks)
+    rows = [[label, us(p50[k]), us(p99[k]), f"{qps[q]:,.0f}", us(run.cpu[q])] for k, q, label in [
+        ("simdex", "simdex own", "simdex serve: grpc.server, thread pool of 16"),
+        ("aio inline", "aio inline", "grpc.aio, Search run in the event loop"),
+        ("aio executor", "aio executor", f"grpc.aio, Search run in a pool of {ncpu()} threads"),
     ]]
     print(f"### (e) grpc.aio prototype (bench/search_aio.py) against the thread pool, {run.desc}: Client.search, "
-          f"one query p50/p99 as in (a), {THREADS}-client req/s as in (b)\n")
+          f"one query p50/p99 as in (a), {THREADS}-client req/s as in (b) with one Client per thread\n")
     print(table(["server", "p50", "p99", f"req/s, {THREADS} clients", "server CPU/req"], rows) + "\n", flush=True)
 
 
