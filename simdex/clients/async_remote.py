@@ -9,7 +9,7 @@ import grpc
 
 from simdex.clients import targets
 from simdex.clients.backup_files import receive
-from simdex.clients.remote import LOG, RemoteTransport, status_error
+from simdex.clients.remote import RemoteTransport, next_pause, status_error
 from simdex.errors import Unavailable
 from simdex.proto import simdex_pb2 as pb
 
@@ -37,11 +37,7 @@ class AsyncRemoteTransport(RemoteTransport):
             try:
                 return await attempt()
             except Unavailable as exc:
-                if (final := refusal(exc)) is not None:
-                    raise final from None
-                if (pause := next(pauses, None)) is None:
-                    raise
-                LOG.info("repeating a call that failed where a repeat is safe: %s", exc.message)
+                pause = next_pause(exc, refusal, pauses)
             await asyncio.sleep(pause)
 
     async def backup(self, out):

@@ -42,6 +42,17 @@ def status_error(exc: grpc.RpcError):
     return convert.error_from_status(exc.code().name, exc.details() or str(exc.code()), trailing)
 
 
+def next_pause(exc: Unavailable, refusal, pauses) -> float:
+    """After `exc` failed a repeatable call: the pause before the next attempt; raises `refusal(exc)` when that
+    gives an error (a repeat is not safe), or `exc` when the pauses ran out."""
+    if (final := refusal(exc)) is not None:
+        raise final from None
+    if (pause := next(pauses, None)) is None:
+        raise exc
+    LOG.info("repeating a call that failed where a repeat is safe: %s", exc.message)
+    return pause
+
+
 class RemoteTransport:
     """A channel to a simdex server. Errors arrive as the SimdexError of their status, `item` restored.
 
@@ -104,11 +115,7 @@ class RemoteTransport:
             try:
                 return attempt()
             except Unavailable as exc:
-                if (final := refusal(exc)) is not None:
-                    raise final from None
-                if (pause := next(pauses, None)) is None:
-                    raise
-                LOG.info("repeating a call that failed where a repeat is safe: %s", exc.message)
+                pause = next_pause(exc, refusal, pauses)
             time.sleep(pause)
 
     # ---- collections -------------------------------------------------------------------------------------

@@ -3,34 +3,25 @@ isotropic clusters and on low-rank data (issue 13). Scaled down from bench/recal
 in chunks of 1,000, where FAISS's default efConstruction of 40 reached recall@10 0.88 in cluster order."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from conftest import oracle, recall_at
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from recall_chunks import make_data  # noqa: E402 - the benchmark's own data (64 clusters; or low-rank), scaled down
+
 N, D, CHUNK, NQ = 20_000, 48, 1_000, 200
-
-
-def _data(kind: str, seed: int = 0):
-    """(N, D) base vectors, their cluster labels and (NQ, D) queries: 64 clusters, centre + 0.3 x noise; low-rank:
-    the same in 16 dimensions, mapped linearly into D."""
-    rng = np.random.default_rng(seed)
-    r = D if kind == "isotropic" else 16
-    centres = rng.standard_normal((64, r)).astype(np.float32)
-    labels = rng.integers(0, 64, N + NQ)
-    x = centres[labels] + 0.3 * rng.standard_normal((N + NQ, r)).astype(np.float32)
-    if kind == "low-rank":
-        x = x @ (rng.standard_normal((r, D)).astype(np.float32) / np.sqrt(r))
-        x += 0.01 * rng.standard_normal((N + NQ, D)).astype(np.float32)
-    x = x.astype(np.float32)
-    return x[:N], labels[:N], x[N:]
 
 
 @pytest.mark.parametrize("order", ["random", "cluster"])
 @pytest.mark.parametrize("kind", ["isotropic", "low-rank"])
 def test_graph_recall_after_chunked_ingestion(sqlite_service, kind, order):
     s = sqlite_service
-    xb, labels, xq = _data(kind)
+    xb, labels, xq = make_data(kind, N, D, NQ)
     arrival = np.argsort(labels, kind="stable") if order == "cluster" else np.arange(N)
     names = [f"v{j}" for j in range(N)]
     s.create_collection("g", D, "l2", "HNSW32")
