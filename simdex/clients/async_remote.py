@@ -19,6 +19,7 @@ class AsyncRemoteTransport(RemoteTransport):
     SimdexError of their status, `item` restored; a cancelled task cancels its RPC."""
 
     channels = grpc.aio
+    coalesces = False
 
     async def close(self) -> None:
         await self.channel.close()

@@ -9,8 +9,10 @@ latency does not change; under load, req/s rises with the queries each call carr
 row as it would alone (FAISS searches the rows of a batch one by one; exact search may round the last bit of a
 distance differently).
 
-Errors: when a stacked call fails, each of its callers repeats its own search alone, so that an error (a bad
-query, a message too large, a deadline) reaches only the caller it belongs to.
+Errors: when a stacked call fails INVALID_ARGUMENT or RESOURCE_EXHAUSTED (a bad query, a message too large),
+each of its callers repeats its own search alone, so that the error reaches only the caller it belongs to. Any
+other error (the server unavailable after gRPC's retries, a deadline, a missing collection) is the whole call's,
+and every caller of it gets it as it is, without repeating.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from simdex.combining import Combiner
-from simdex.errors import SimdexError
+from simdex.errors import InvalidArgument, ResourceExhausted
 
 ALONE = object()  # the answer of a stacked call that failed: make the search again, alone
 
@@ -55,7 +57,7 @@ class SearchCoalescer:
             return [self._send(key, rows[0])]
         try:
             hits, metas = self._send(key, np.concatenate(rows))
-        except SimdexError:
+        except (InvalidArgument, ResourceExhausted):  # may be one row's fault, or the stack's size: each alone
             return [ALONE] * len(rows)
         out, start = [], 0
         for q in rows:

@@ -26,7 +26,7 @@ from simdex import convert, defaults
 from simdex.clients import targets
 from simdex.clients.backup_files import receive
 from simdex.clients.coalesce import SearchCoalescer, stackable
-from simdex.errors import Unavailable
+from simdex.errors import InvalidArgument, Unavailable
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
 from simdex.types import SearchParams
@@ -62,18 +62,19 @@ class RemoteTransport:
     in_process = False
     embedder_pool = None
     channels = grpc  # makes the channel: grpc here, grpc.aio for the asyncio transport
+    coalesces = True  # stacks concurrent small searches (simdex.clients.coalesce); not the asyncio transport
 
     def __init__(self, target: str | Sequence[str] = "127.0.0.1:50051", token: str | None = None, *,
                  tls: bool = False, root_certificates: bytes | None = None,
                  max_message_mb: float = defaults.MAX_MESSAGE_MB, timeout: float | None = None,
                  search_slots: int | None = None):
         self.target = targets.parse(target)
-        # concurrent small searches stacked into few RPCs (simdex.clients.coalesce); not on the asyncio transport.
         # By default CLIENT_SEARCH_SLOTS per server of a list, so that stacking never leaves a replica idle.
+        if not self.coalesces and search_slots:
+            raise InvalidArgument("search_slots: the asyncio client does not stack searches (asyncio.gather them)")
         if search_slots is None:
             search_slots = defaults.CLIENT_SEARCH_SLOTS * targets.servers(self.target)
-        self._coalescer = SearchCoalescer(self._stacked, search_slots) if search_slots and self.channels is grpc \
-            else None
+        self._coalescer = SearchCoalescer(self._stacked, search_slots) if search_slots and self.coalesces else None
         self.max_message_bytes = int(max_message_mb * 1024 * 1024)
         self.timeout = timeout
         options = [("grpc.max_receive_message_length", self.max_message_bytes),

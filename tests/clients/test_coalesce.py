@@ -9,14 +9,16 @@ import pytest
 
 from conftest import clustered, oracle
 from simdex.clients import Client
-from simdex.errors import InvalidArgument
+from simdex.errors import InvalidArgument, Unavailable
 
 D = 16
 
 
 class _Refused(grpc.RpcError):
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
     def code(self):
-        return grpc.StatusCode.INVALID_ARGUMENT
+        return self.status
 
     def details(self):
         return "queries: this one is refused"
@@ -138,3 +140,31 @@ def test_the_default_slots_are_two_per_server_of_the_target():
     assert targets.servers(targets.parse("dns:///localhost:1")) == 1
     with Client(["127.0.0.1:1", "127.0.0.1:2"]) as c:
         assert c._transport._coalescer._combiner._free == 4
+
+
+def test_an_error_of_the_whole_stacked_call_reaches_its_callers_without_repeats(server, monkeypatch):
+    """UNAVAILABLE (after gRPC's own retries), a deadline or a missing collection belong to the call, not to one
+    query: each caller gets the error once, and nothing is sent again alone."""
+    monkeypatch.setattr(_Refused, "status", grpc.StatusCode.UNAVAILABLE)
+    xb = clustered(200, D, seed=9)
+    xq = clustered(24, D, seed=10)
+    xq[:, 0] = 7.25  # every call is refused
+    with Client(server.target, search_slots=1) as c:
+        c.create_collection("c", D, "l2", "Flat")
+        c.upsert("c", [f"v{i}" for i in range(len(xb))], xb)
+        rows = _watch(c, refuse_value=7.25)
+        got = _concurrently(lambda q: c.search("c", q[None], 3), list(xq))
+    assert all(isinstance(got[i], Unavailable) for i in range(len(xq)))
+    assert max(rows) > 1 and sum(rows) == len(xq), f"searches were repeated alone: {rows}"
+
+
+def test_the_asyncio_client_refuses_search_slots(server):
+    import asyncio
+
+    from simdex.clients import AsyncClient
+
+    async def main():
+        AsyncClient(server.target, search_slots=2)
+
+    with pytest.raises(InvalidArgument, match="search_slots"):
+        asyncio.run(main())
