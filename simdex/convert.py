@@ -258,21 +258,11 @@ def packs(request: pb.SearchRequest) -> bool:
     return request.packed and not request.HasField("radius") and not request.include_metadata
 
 
-def packed_response_min_bytes(ids: str, hits: Sequence) -> int:
-    """A lower bound of a packed SearchResponse's size: the joined ids (characters), 4 bytes per distance, and a
-    count per query."""
-    return len(ids) + 4 * sum(len(h.distances) for h in hits) + len(hits)
-
-
-def packed_ids(hits: Sequence) -> str:
-    return "\0".join(chain.from_iterable(h.ids for h in hits))
-
-
-def packed_response_to_pb(ids: str, hits: Sequence) -> pb.SearchResponse:
-    """Hits (with `ids` and (m,) `distances`) of every query, and their ids joined (packed_ids) -> one PackedHits."""
+def packed_response_to_pb(hits: Sequence) -> pb.SearchResponse:
+    """Hits (with `ids` and (m,) `distances`) of every query -> one PackedHits: ids joined by NUL."""
     dist = np.concatenate([h.distances for h in hits]) if hits else np.zeros(0, np.float32)
-    return pb.SearchResponse(packed=pb.PackedHits(ids=ids, distances=to_bytes(dist),
-                                                  counts=[len(h.ids) for h in hits]))
+    return pb.SearchResponse(packed=pb.PackedHits(ids="\0".join(chain.from_iterable(h.ids for h in hits)),
+                                                  distances=to_bytes(dist), counts=[len(h.ids) for h in hits]))
 
 
 class PackedAnswer(Sequence):

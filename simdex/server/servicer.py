@@ -112,17 +112,14 @@ class SimdexServicer(pb_grpc.SimdexServicer):
             trace.mark("unpack")
         self._knn_can_fit(kw)
         hits, metas = self.service.search(**kw)
-        if convert.packs(request):
-            ids = convert.packed_ids(hits)
-            least = convert.packed_response_min_bytes(ids, hits)
-            build = lambda: convert.packed_response_to_pb(ids, hits)  # noqa: E731
+        if convert.packs(request):  # three fields whatever nq is: built, then measured
+            response = self._fits(convert.packed_response_to_pb(hits), "Search")
         else:
             texts = convert.metadata_texts(metas)
             least = convert.search_response_min_bytes(hits, texts)
-            build = lambda: convert.search_response_to_pb(hits, texts)  # noqa: E731
-        if least > self.max_bytes:  # refused before the message is built
-            raise self._too_large(least, "Search", "would be at least")
-        response = self._fits(build(), "Search")
+            if least > self.max_bytes:  # refused before its many parts are built
+                raise self._too_large(least, "Search", "would be at least")
+            response = self._fits(convert.search_response_to_pb(hits, texts), "Search")
         if trace.ON:
             trace.mark("response")
             trace.end()
