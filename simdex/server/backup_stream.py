@@ -1,6 +1,6 @@
-"""The Backup RPC's answer: the service writes a backup (service.backup) into a temporary folder of the data
-directory, its files go out in pieces under the message limit, the manifest last, and the folder is removed when
-the stream ends, however it ends."""
+"""The Backup RPC's answer: the service writes a backup's files (service.backup.fill: not synced, they only pass
+through) into a temporary folder of the data directory, they go out in pieces under the message limit, the
+manifest last, and the folder is removed when the stream ends, however it ends."""
 from __future__ import annotations
 
 import shutil
@@ -19,7 +19,7 @@ def backup_chunks(service: Simdex, max_message_bytes: int) -> Iterator[pb.Backup
     """Take the backup now (its errors are the call's), and return the stream that sends it."""
     tmp = Path(tempfile.mkdtemp(prefix=".backup-", dir=service.data_dir))
     try:
-        manifest = backup.backup(service, tmp / "backup")
+        manifest = backup.fill(tmp, service.engine, service.collections.snapshot_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -29,7 +29,7 @@ def backup_chunks(service: Simdex, max_message_bytes: int) -> Iterator[pb.Backup
 def _send(tmp: Path, names: list[str], size: int) -> Iterator[pb.BackupChunk]:
     try:
         for name in names:
-            with open(tmp / "backup" / name, "rb") as fh:
+            with open(tmp / name, "rb") as fh:
                 data = fh.read(size)
                 yield pb.BackupChunk(path=name, data=data)
                 while data := fh.read(size):

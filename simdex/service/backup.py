@@ -64,18 +64,18 @@ def backup_data(out: str | Path, data_dir: str | Path, db_url: str | None = None
 
 
 def write_backup(out: str | Path, engine: Engine, snapshot_dir: Path) -> dict:
-    """Snapshots from `snapshot_dir`, then the rows behind `engine`, then the manifest, into the new folder `out`."""
+    """Snapshots from `snapshot_dir`, then the rows behind `engine`, then the manifest, into the new folder `out`,
+    every file synced before the folder takes its name."""
     out = Path(out)
     if out.exists():
         raise AlreadyExists(f"{out} already exists: a backup goes into a new folder")
-    rows.check_revision(engine)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        copy_snapshots(snapshot_dir, tmp / INDEXES)
-        rows.export(engine, tmp / DATABASE)
-        manifest = _manifest(tmp, engine.dialect.name)
-        _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+        manifest = fill(tmp, engine, snapshot_dir)
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                _sync(path)
         os.rename(tmp, out)
         _sync_dir(out.parent)
     except BaseException:
@@ -83,6 +83,18 @@ def write_backup(out: str | Path, engine: Engine, snapshot_dir: Path) -> dict:
         raise
     LOG.info("backup %s: %d collections, %d items", out, len(manifest["collections"]),
              sum(c["items"] for c in manifest["collections"]))
+    return manifest
+
+
+def fill(folder: Path, engine: Engine, snapshot_dir: Path) -> dict:
+    """The files of a backup in the empty `folder`, not synced (the Backup RPC streams its copy, then drops it;
+    write_backup syncs them); returns the manifest. FailedPrecondition when the database is not at this simdex's
+    schema revision."""
+    rows.check_revision(engine)
+    copy_snapshots(snapshot_dir, folder / INDEXES)
+    rows.export(engine, folder / DATABASE)
+    manifest = _manifest(folder, engine.dialect.name)
+    (folder / MANIFEST).write_bytes(json.dumps(manifest, indent=1).encode())
     return manifest
 
 
@@ -110,8 +122,6 @@ def _manifest(folder: Path, database: str) -> dict:
             continue
         col["snapshot_seq"] = seq
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    for path in files:
-        _sync(path)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "simdex_version": __version__,
         "created_unix_ms": int(time.time() * 1000), "database": database, **held,
@@ -134,13 +144,6 @@ def _digest(path: Path) -> dict:
         while block := fh.read(READ_BYTES):
             h.update(block)
     return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _sync(path: Path) -> None:

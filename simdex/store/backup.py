@@ -20,10 +20,9 @@ from sqlalchemy import Connection, Engine, create_engine, func, insert, select, 
 from sqlalchemy.engine import make_url
 
 from simdex.errors import FailedPrecondition, NotFound
-from simdex.store.engine import make_engine, migrate
+from simdex.store.engine import MIGRATIONS, make_engine, migrate
 from simdex.store.tables import Base, CollectionRow, HeadRow, ItemRow
 
-MIGRATIONS = Path(__file__).parent / "migrations"
 TABLES = Base.metadata.sorted_tables  # the collections before the items and heads that refer to them
 BATCH = 2000                          # rows per INSERT while copying
 
@@ -34,19 +33,13 @@ def head_revision() -> str:
 
 
 def source_engine(url: str) -> Engine:
-    """An engine on an existing simdex database at the newest revision, to back it up without changing it:
-    NotFound for a SQLite file that does not exist (connecting would create it), FailedPrecondition otherwise."""
+    """An engine on an existing simdex database, to back it up without changing it: NotFound for a SQLite file that
+    does not exist (connecting would create it)."""
     if url.startswith("sqlite"):
         path = Path(make_url(url).database or "")
         if not path.is_file():
             raise NotFound(f"no simdex database at {path}: give the data directory of a store (--data) or its --db")
-    engine = make_engine(url)
-    try:
-        check_revision(engine)
-    except BaseException:
-        engine.dispose()
-        raise
-    return engine
+    return make_engine(url)  # its revision is checked by the backup that reads it (service.backup.fill)
 
 
 def check_revision(engine: Engine) -> None:

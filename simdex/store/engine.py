@@ -10,6 +10,7 @@ LOG = logging.getLogger(__name__)
 
 
 SQLITE_FILE = "simdex.db"  # the database of a data directory when no --db is given
+MIGRATIONS = Path(__file__).parent / "migrations"  # Alembic's scripts (store/migrations)
 
 
 def default_db_url(data_dir: str | Path) -> str:
@@ -50,7 +51,7 @@ def upgrade(conn: Connection) -> None:
     from alembic.config import Config  # noqa: PLC0415
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, "head")
 
