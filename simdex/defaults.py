@@ -11,6 +11,8 @@ MAX_MESSAGE_MB = 64
 # A Client's small searches in flight at once, per server of its target; further concurrent ones wait and go
 # together (clients.coalesce).
 CLIENT_SEARCH_SLOTS = 2
+# The lookup web page's largest upload (simdex web --max-upload-mb; 413 above).
+MAX_UPLOAD_MB = 64.0
 
 # Mean shift (the Cluster RPC): absent request fields take these.
 CLUSTER_KERNEL = "flat"

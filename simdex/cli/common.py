@@ -30,6 +30,20 @@ def open_client(args):
                   max_message_mb=args.max_message_mb)
 
 
+def pacs_auth_args(group) -> None:
+    """--pacs-token-file, --pacs-user and --pacs-password-file: how a command logs in to a PACS."""
+    group.add_argument("--pacs-token-file", help="file holding a bearer token for the PACS")
+    group.add_argument("--pacs-user", help="user for the PACS's HTTP basic authentication, with --pacs-password-file")
+    group.add_argument("--pacs-password-file", help="file holding the password of --pacs-user")
+
+
+def pacs_auth(args):
+    """The dicomweb.PacsAuth of the options pacs_auth_args added."""
+    from simdex.jobs.dicomweb import PacsAuth  # noqa: PLC0415
+
+    return PacsAuth.from_files(args.pacs_token_file, args.pacs_user, args.pacs_password_file)
+
+
 def json_or_none(text: str | None):
     """A JSON option's value (a filter, search params), None when the option was not given."""
     return json.loads(text) if text else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from simdex.cli.common import client_args, open_client
+from simdex.cli.common import client_args, open_client, pacs_auth, pacs_auth_args
 
 
 def _open_client(args):
@@ -43,8 +43,7 @@ def _pacs_options(args):
 
     if not dicomweb.is_dicomweb(args.source) and all(getattr(args, f) is None for f in PACS_FLAGS):
         return None
-    auth = dicomweb.PacsAuth.from_files(args.pacs_token_file, args.pacs_user, args.pacs_password_file)
-    return dicomweb.PacsOptions(args.modality, tuple(args.study or ()), args.since, auth)
+    return dicomweb.PacsOptions(args.modality, tuple(args.study or ()), args.since, pacs_auth(args))
 
 
 def cmd_index(args) -> int:
@@ -118,9 +117,7 @@ def add_parsers(sub) -> None:
     pacs.add_argument("--study", nargs="+", action="extend", metavar="UID",
                       help="only these studies (StudyInstanceUIDs; repeatable)")
     pacs.add_argument("--since", metavar="YYYYMMDD", help="only studies of this date or later (StudyDate)")
-    pacs.add_argument("--pacs-token-file", help="file holding a bearer token for the PACS")
-    pacs.add_argument("--pacs-user", help="user for the PACS's HTTP basic authentication")
-    pacs.add_argument("--pacs-password-file", help="file holding the password of --pacs-user")
+    pacs_auth_args(pacs)
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     client_args(s)

@@ -2,8 +2,6 @@
 the CLI works on the bare install; there, this command says in one line which extras to install."""
 from __future__ import annotations
 
-import os
-
 from simdex import limits as lim
 from simdex.defaults import MAX_MESSAGE_MB, SNAPSHOT_INTERVAL_S
 
@@ -58,8 +56,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-message-mb", type=float, default=MAX_MESSAGE_MB)
     s.add_argument("--snapshot-interval", type=float, default=SNAPSHOT_INTERVAL_S,
                    help="seconds between index snapshots")
-    s.add_argument("--search-backend", choices=("auto", "faiss", "torch"),
-                   default=os.environ.get("SIMDEX_SEARCH_BACKEND") or "auto",
+    s.add_argument("--search-backend", choices=("auto", "faiss", "torch"),  # absent: index.torch_ann reads the env
                    help="what searches exact collections (Flat, and kinds not yet trained): torch keeps their vectors "
                    "on the GPU (or CPU); auto = torch when torch sees CUDA and faiss has no GPU build "
                    "(env SIMDEX_SEARCH_BACKEND; default auto)")

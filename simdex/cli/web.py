@@ -3,7 +3,8 @@ served by uvicorn on loopback unless --host says otherwise. FastAPI, uvicorn and
 are imported when the command runs, so the CLI of an install without them still builds its parser."""
 from __future__ import annotations
 
-from simdex.cli.common import client_args, open_client
+from simdex.cli.common import client_args, open_client, pacs_auth, pacs_auth_args
+from simdex.defaults import MAX_UPLOAD_MB
 
 
 def _pacs(args):
@@ -12,10 +13,9 @@ def _pacs(args):
         if args.pacs_user or args.pacs_password_file or args.pacs_token_file:
             raise SystemExit("--pacs-user, --pacs-password-file and --pacs-token-file need --pacs")
         return None
-    from simdex.jobs.dicomweb import PacsAuth  # noqa: PLC0415
     from simdex.web.pacs import StudyPacs  # noqa: PLC0415
 
-    return StudyPacs(args.pacs, PacsAuth.from_files(args.pacs_token_file, args.pacs_user, args.pacs_password_file))
+    return StudyPacs(args.pacs, pacs_auth(args))
 
 
 def cmd_web(args) -> int:
@@ -44,12 +44,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--pacs", help="a DICOMweb PACS, dicomweb+http://HOST:PORT/dicom-web: StudyInstanceUID queries "
                                   "and thumbnails rendered by the PACS")
-    s.add_argument("--pacs-user", help="PACS user (HTTP basic authentication), with --pacs-password-file")
-    s.add_argument("--pacs-password-file", help="file holding the PACS user's password")
-    s.add_argument("--pacs-token-file", help="file holding a bearer token for the PACS")
+    pacs_auth_args(s)
     s.add_argument("--viewer-url", help="link opening a study in the PACS viewer, {study} is replaced by its "
                                         "StudyInstanceUID, e.g. 'http://pacs:8042/ui/app/#/studies?"
                                         "StudyInstanceUID={study}'")
     s.add_argument("--root", help="folder that the items' 'path' metadata is relative to (default: current dir)")
-    s.add_argument("--max-upload-mb", type=float, default=64.0, help="largest file accepted (413 above)")
+    s.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help="largest file accepted (413 above)")
     s.set_defaults(func=cmd_web)

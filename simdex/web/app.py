@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 
+from simdex import defaults
 from simdex.errors import InvalidArgument, SimdexError
 from simdex.lookup.grouping import Hit, search_similar
 from simdex.web.pacs import StudyPacs
@@ -36,7 +37,6 @@ from simdex.web.upload import read_query
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_MAX_UPLOAD_MB = 64.0
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
@@ -56,7 +56,7 @@ def check_viewer_url(template: str | None) -> str | None:
 
 
 def create_app(client, *, pacs: StudyPacs | None = None, viewer_url: str | None = None, root=None,
-               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
+               max_upload_mb: float = defaults.MAX_UPLOAD_MB) -> FastAPI:
     """The app over `client` (a simdex Client, remote or local). `pacs` answers StudyInstanceUID queries and
     renders thumbnails; `viewer_url` is the study link's template; `root` is the folder items' `path` metadata is
     relative to; uploads over `max_upload_mb` MiB are refused with 413."""
