@@ -32,6 +32,7 @@ FAISS_METRIC = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT, "cosine
 FAISS_SPACE = {"l2": "l2", "ip": "ip", "cosine": "l2"}  # the metric FAISS itself ranks by
 MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this many training points per centroid
 MAX_DIM = 65536
+FLAT_KINDS = (faiss.IndexFlat, faiss.IndexFlatL2, faiss.IndexFlatIP)  # exact kinds, holding every vector as is
 MAX_DESC_LEN = 256  # characters of an index description (the collections table's index_desc column)
 
 
@@ -227,7 +228,7 @@ class AnnIndex:
         # The index that holds every vector exactly, by position (a flat index, or a graph's flat storage), which
         # exact searches over a few filtered items read instead of the database; None for other kinds.
         storage = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSW) else index
-        self._flat = storage if type(storage) in (faiss.IndexFlat, faiss.IndexFlatL2, faiss.IndexFlatIP) else None
+        self._flat = storage if type(storage) in FLAT_KINDS else None
         self._plain_params: dict = {}  # SearchParameters of unfiltered searches, one per SearchParams value
 
     # ---- writes ------------------------------------------------------------------------------------------

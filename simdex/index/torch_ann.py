@@ -18,14 +18,13 @@ import numpy as np
 import torch
 
 from simdex.errors import InvalidArgument
-from simdex.index.ann import FAISS_METRIC, AnnIndex
+from simdex.index.ann import FAISS_METRIC, FLAT_KINDS, AnnIndex
 from simdex.index.backend import faiss, gpu_available
 from simdex.index.torch_exact import STORAGE, TorchFlat
 from simdex.types import SearchParams
 
 LOG = logging.getLogger(__name__)
 BACKENDS = ("auto", "faiss", "torch")
-_EXACT = (faiss.IndexFlat, faiss.IndexFlatL2, faiss.IndexFlatIP)
 
 
 def resolve_backend(choice: str | None = None) -> str:
@@ -69,7 +68,7 @@ class TorchAnnIndex(AnnIndex):
         self.options = {"device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
                         "storage": storage or torch_storage(), "block_bytes": block_bytes}
         self._live_dev: tuple = ((), None)  # ((ntotal, n_dead), the tombstone mask on the device)
-        if type(self.index) in _EXACT and self.index.ntotal == 0:
+        if type(self.index) in FLAT_KINDS and self.index.ntotal == 0:
             self.index = TorchFlat(dim, self.space, **self.options)
 
     @property
@@ -115,7 +114,7 @@ class TorchAnnIndex(AnnIndex):
         """AnnIndex.restore, then an exact FAISS index moves its vectors into a torch core."""
         missing = super().restore(arrays, live_iids, live_ext)
         self._live_dev = ((), None)
-        if type(self.index) in _EXACT:
+        if type(self.index) in FLAT_KINDS:
             core = TorchFlat(self.dim, self.space, **self.options)
             core.add(self.index.reconstruct_n(0, self.index.ntotal))
             self.index = core

@@ -5,7 +5,6 @@ indexed from (`path` metadata), each file decoded once and kept in a bounded cac
 Needs Pillow and pydicom (the `lookup` or `web` extra) for decoding, besides the light client."""
 from __future__ import annotations
 
-import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from simdex.errors import FailedPrecondition, InvalidArgument, SimdexError
 from simdex.lookup.files import MAX_FILE_BYTES, UnreadableFile, read_file
 from simdex.types import CollectionInfo
 
-LOG = logging.getLogger(__name__)
 
 HIT_SIDE = 200            # longest side of each neighbour's thumbnail, pixels
 STUDY, SERIES = "StudyInstanceUID", "SeriesInstanceUID"

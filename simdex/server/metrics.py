@@ -9,7 +9,6 @@ waits on.
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 
@@ -21,7 +20,6 @@ from simdex.server.handlers import method_name, rewrap
 from simdex.service.collections import Unloadable
 from simdex.service.facade import Simdex
 
-LOG = logging.getLogger(__name__)
 RPC_LABELS = ("service", "method", "code")
 # From a cached single-vector search (well under a millisecond) to an embedding or clustering call of a minute.
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

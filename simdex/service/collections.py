@@ -83,9 +83,7 @@ class Collections:
         snapshot (derived data) is set aside as ID.npz.unusable and the index rebuilt from the database alone."""
         col = Collection(rec, self.store, self.snapshot_dir, self.search_backend)
         try:
-            col.open()
-            LOG.info("collection %s: searched by %s", rec.name, col.search_backend)
-            return col
+            return self._opened(col)
         except Exception as exc:  # noqa: BLE001 - retried without the snapshot; a second failure propagates
             if not col.path.exists():
                 raise
@@ -93,9 +91,12 @@ class Collections:
             LOG.warning("collection %s: opening with snapshot %s failed (%s: %s); set aside as %s, rebuilding "
                         "from the database", rec.name, col.path, type(exc).__name__, exc, aside.name)
             col.path.replace(aside)
-        col = Collection(rec, self.store, self.snapshot_dir, self.search_backend)
+        return self._opened(Collection(rec, self.store, self.snapshot_dir, self.search_backend))
+
+    @staticmethod
+    def _opened(col: Collection) -> Collection:
         col.open()
-        LOG.info("collection %s: searched by %s", rec.name, col.search_backend)
+        LOG.info("collection %s: searched by %s", col.info.name, col.search_backend)
         return col
 
     def _remove_orphan_snapshots(self, live: set[int]) -> None:

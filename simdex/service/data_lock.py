@@ -23,14 +23,15 @@ class DataLock:
     def __init__(self, data_dir: Path, sqlite_file: str | None):
         """`sqlite_file`: the database's path when it is a SQLite file (None for PostgreSQL or in-memory)."""
         data_dir = data_dir.resolve()
-        paths = [data_dir / LOCK_FILE]
         db = Path(sqlite_file).resolve() if sqlite_file else None
+        # (lock file, the SQLite database it guards or None): an error names what is really in use
+        locks = [(data_dir / LOCK_FILE, db if db is not None and db.parent == data_dir else None)]
         if db is not None and db.parent != data_dir:
-            paths.append(db.with_name(db.name + ".lock"))
+            locks.append((db.with_name(db.name + ".lock"), db))
         self._fds: list[int] = []
         try:
-            for path in paths:
-                self._fds.append(_take(path, db))
+            for path, guarded in locks:
+                self._fds.append(_take(path, guarded))
         except BaseException:
             self.release()
             raise

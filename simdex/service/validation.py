@@ -176,12 +176,11 @@ def check_search_params(params: SearchParams, knobs: frozenset[str], index: str)
         v = getattr(params, field)
         if not isinstance(v, int) or v < 0 or v > MAX_PARAM:
             raise InvalidArgument(f"params.{key} must be an integer in 0..{MAX_PARAM}, got {v!r}")
-    if params.nprobe or params.ef_search or params.k_factor:
-        unused = [key for field, key in KNOBS if getattr(params, field) and field not in knobs]
-        if unused:
-            takes = ", ".join(key for field, key in KNOBS if field in knobs) or "no search parameters"
-            raise InvalidArgument(f"params {', '.join(unused)}: index {index!r} does not use "
-                                  f"{'them' if len(unused) > 1 else 'it'}; it takes {takes}")
+    unused = [key for field, key in KNOBS if getattr(params, field) and field not in knobs]
+    if unused:
+        takes = ", ".join(key for field, key in KNOBS if field in knobs) or "no search parameters"
+        raise InvalidArgument(f"params {', '.join(unused)}: index {index!r} does not use "
+                              f"{'them' if len(unused) > 1 else 'it'}; it takes {takes}")
     return params
 
 
