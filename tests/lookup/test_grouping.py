@@ -22,24 +22,37 @@ def test_bounded_cache_evicts_the_least_recently_used():
     assert made == ["a", "b", "c", "b"]
 
 
-def test_unbounded_cache_makes_each_value_once_across_threads():
+def test_unbounded_cache_gives_every_thread_the_value_of_its_key():
+    """Four threads ask for the same 50 missing keys at once: two may both make one (the docstring allows it),
+    but every answer is its key's value, a key made once is never made again, and each key is kept once."""
     cache, made, lock = BoundedCache(), [], threading.Lock()
+    start = threading.Barrier(4)
+    wrong = []
 
     def make(i):
         def f():
             with lock:
                 made.append(i)
-            return i
+            return i * 10
         return f
 
-    for i in range(50):
-        cache.get(i, make(i))
-    threads = [threading.Thread(target=lambda: [cache.get(i, make(-1)) for i in range(50)]) for _ in range(4)]
+    def worker():
+        start.wait()
+        for i in range(50):
+            if cache.get(i, make(i)) != i * 10:
+                wrong.append(i)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(made) == list(range(50))
+    assert not wrong
+    assert sorted(set(made)) == list(range(50)) and len(made) <= 4 * 50
+    assert len(cache._items) == 50
+    before = len(made)
+    assert [cache.get(i, make(-1)) for i in range(50)] == [i * 10 for i in range(50)]
+    assert len(made) == before  # every key now a hit
 
 
 def test_thumbnails_cache_size_bounds_the_decoded_files(tmp_path, monkeypatch):

@@ -67,8 +67,10 @@ def test_rpc_counts_and_latencies_by_method_and_code(metered):
     s = metered.stub
     s.CreateCollection(pb.CreateCollectionRequest(name="a", dim=4))
     s.Upsert(iter([pb.UpsertRequest(collection="a", ids=[f"i{j}" for j in range(10)], vectors=matrix(X))]))
+    t0 = time.perf_counter()
     for q in range(3):
         s.Search(pb.SearchRequest(collection="a", queries=matrix(X[q:q + 1]), k=2))
+    searching = time.perf_counter() - t0
     for _ in range(2):
         with pytest.raises(grpc.RpcError) as ei:
             s.GetCollection(pb.GetCollectionRequest(name="missing"))
@@ -83,7 +85,8 @@ def test_rpc_counts_and_latencies_by_method_and_code(metered):
     assert value(got, "simdex_rpc_requests_total", **rpc("GetCollection", "NOT_FOUND")) == 2
     assert value(got, "simdex_rpc_requests_total", **rpc("GetCollection")) is None
     assert value(got, "simdex_rpc_duration_seconds_count", **rpc("Search")) == 3
-    assert 0 < value(got, "simdex_rpc_duration_seconds_sum", **rpc("Search")) < 30
+    # seconds, each call timed inside its round trip: no more than the client waited for the three
+    assert 0 < value(got, "simdex_rpc_duration_seconds_sum", **rpc("Search")) <= searching
     assert value(got, "simdex_rpc_duration_seconds_bucket", le="+Inf", **rpc("Search")) == 3
     assert value(got, "process_resident_memory_bytes") > 10 * 2 ** 20
 

@@ -24,8 +24,11 @@ def _stock(s, name: str, desc: str, n: int, d: int = 16, seed: int = 3):
 
 @pytest.mark.parametrize("desc", ["Flat", "HNSW32"])
 @pytest.mark.parametrize("n", [3000, 12000])  # 300 matches: the exact path; 1,200: through the index's selector
-def test_kept_filter_answers_follow_every_write(sqlite_service, desc, n):
+def test_kept_filter_answers_follow_every_write(sqlite_service, desc, n, monkeypatch):
     s = sqlite_service
+    scans = []
+    filter_iids = s.store.filter_iids
+    monkeypatch.setattr(s.store, "filter_iids", lambda *a: scans.append(a) or filter_iids(*a))
     xb, names = _stock(s, "c", desc, n)
     xq = xb[:20] + 0.01
     flt = {"g": 3}
@@ -41,12 +44,15 @@ def test_kept_filter_answers_follow_every_write(sqlite_service, desc, n):
 
     live = {names[j]: xb[j] for j in range(n) if j % 10 == 3}
     first = check(live)
+    assert len(scans) == 1
     assert [h.ids for h in check(live)] == [h.ids for h in first]  # answered again from the kept answer
+    assert len(scans) == 1, "the filter's SQL ran again with no write in between"
     gone = sorted({i for h in first for i in h.ids})[:5]
     s.delete("c", gone)  # deleted: never returned again
     for i in gone:
         live.pop(i)
     assert not {i for h in check(live) for i in h.ids} & set(gone)
+    assert len(scans) == 2, "a write must make the filter run again"
     moved = sorted(live)[:3]
     s.upsert("c", moved, np.stack([live[i] for i in moved]), [{"g": 4}] * 3)  # out of the filter now
     for i in moved:
