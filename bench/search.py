@@ -101,6 +101,7 @@ class Run:
     name: str = ""
     ids: list = field(default_factory=list)
     client: object = None          # simdex Client of the `simdex serve` process
+    unary: object = None           # one more, whose searches are Search calls (no SearchStream): the path before it
     svc: object = None             # a Simdex service in this process, for the service-layer rows
     index: object = None           # the FAISS index in this process and its search parameters
     sparams: object = None
@@ -133,7 +134,7 @@ def bench_index(desc: str, args, xb: np.ndarray, xq: np.ndarray, target: str, ba
         cold_filtered(run)
         run.client.delete_collection(run.name)
     finally:
-        for closeable in (run.client, run.base_channel, run.svc):
+        for closeable in (run.client, run.unary, run.base_channel, run.svc):
             if closeable is not None:
                 closeable.close()
 
@@ -147,6 +148,8 @@ def ingest(run: Run) -> None:
     n, d = run.xb.shape
     chunk = run.args.chunk
     run.client = Client(run.target)
+    run.unary = Client(run.target)
+    run.unary._transport._streams = None  # its coalescer sends Search calls, as before SearchStream
     run.client.create_collection(run.name, d, "l2", run.desc)
     t0 = time.perf_counter()
     for i in range(0, n, chunk):
@@ -248,6 +251,7 @@ def latency(run: Run) -> None:
         with omp_threads(1):  # restored after: the main thread also ingests the next index
             lat = interleaved({
                 "simdex": simdex_fn(run, run.client),
+                "unary": simdex_fn(run, run.unary),
                 "filtered": simdex_fn(run, run.client, FILTER),
                 "faiss": lambda q: run.index.search(q, K, params=run.sparams),
                 "echo": bare_fn(run, run.base_channel, ECHO),
@@ -255,6 +259,7 @@ def latency(run: Run) -> None:
                 "bare": bare_fn(run, run.base_channel, SEARCH),
                 **{f"aio {kind}": simdex_fn(run, c) for kind, c in aio.items()},
             }, run.xq, run.args.seconds)
+            paused = paused_faiss(run)
     finally:
         for c in aio.values():
             c.close()
@@ -263,7 +268,8 @@ def latency(run: Run) -> None:
     run.lat = {"p50": p50, "p99": p99, "calls": {k: len(v) for k, v in lat.items()}}
     overhead = p50["simdex"] - p50["echo"] - p50["faiss"]
     rows = [[label, us(p50[k]), us(p99[k]), f"{len(lat[k]):,}", "", ""] for k, label in [
-        ("simdex", "simdex: Client.search over gRPC"),
+        ("simdex", "simdex: Client.search over gRPC (a SearchStream message)"),
+        ("unary", "simdex: Client.search as a Search call (the path before SearchStream)"),
         ("faiss", "in-process FAISS index.search (1 OpenMP thread)"),
         ("echo", f"bare grpcio echo ({run.req_bytes} B request, {run.resp_bytes} B response)"),
     ]]
@@ -274,6 +280,10 @@ def latency(run: Run) -> None:
         ("bare", "split: bare grpcio server running the same FAISS search (no simdex)"),
     ]]
     rows += [
+        ["split: in-process FAISS, each query after a 0.5 ms pause (cooled caches, as between a server's requests)",
+         us(paused), "", "", "", ""],
+        ["  overhead against it = simdex − (echo + paused FAISS)", us(p50["simdex"] - p50["echo"] - paused), "", "",
+         "", ""],
         ["  service layer = Simdex.search − FAISS", us(p50["svc"] - p50["faiss"]), "", "", "", ""],
         ["  gRPC + FAISS not additive = bare server − (echo + FAISS)",
          us(p50["bare"] - p50["echo"] - p50["faiss"]), "", "", "", ""],
@@ -284,6 +294,19 @@ def latency(run: Run) -> None:
     ]
     print(f"### (a) single-query latency, k={K}, {run.desc}; back-to-back calls, paths taking turns in 6 windows\n")
     print(table(["path", "p50", "p99", "calls", "target", "met?"], rows) + "\n", flush=True)
+
+
+def paused_faiss(run: Run, calls: int = 2000, pause: float = 0.0005) -> float:
+    """p50 seconds of one in-process FAISS query made after a pause: no server answers back to back, and between
+    its requests the caches and the core cool (here: 228 µs back to back, 314 µs after 0.5 ms asleep)."""
+    out = []
+    for i in range(calls):
+        q = run.xq[i % len(run.xq): i % len(run.xq) + 1]
+        time.sleep(pause)
+        t0 = time.perf_counter()
+        run.index.search(q, K, params=run.sparams)
+        out.append(time.perf_counter() - t0)
+    return float(np.percentile(out, 50))
 
 
 def cold_filtered(run: Run, times: int = 5) -> None:
@@ -310,6 +333,9 @@ def _thread_paths(run: Run) -> dict:
     def make_simdex():  # one Client for every thread, as a service holds it: their searches stack
         return simdex_fn(run, run.client)
 
+    def make_simdex_unary():  # the same, its searches Search calls (no SearchStream)
+        return simdex_fn(run, run.unary)
+
     def make_simdex_own():
         c = Client(run.target)
         return simdex_fn(run, c), c.close
@@ -326,14 +352,14 @@ def _thread_paths(run: Run) -> dict:
             return simdex_fn(run, c), c.close
         return make
 
-    return {"simdex": make_simdex, "simdex own": make_simdex_own, "echo": make_bare(ECHO), "bare": make_bare(SEARCH), "faiss": lambda: faiss_fn(run),
+    return {"simdex": make_simdex, "simdex unary": make_simdex_unary, "simdex own": make_simdex_own, "echo": make_bare(ECHO), "bare": make_bare(SEARCH), "faiss": lambda: faiss_fn(run),
             **{f"aio {kind}": make_aio(kind) for kind in run.aio}}
 
 
 def throughput_table(run: Run, rounds: int = 3) -> None:
     """(b) single-query searches from THREADS client threads, paths alternating in rounds; CPU per request."""
     makers = _thread_paths(run)
-    server_of = {"simdex": run.server_pid, "simdex own": run.server_pid, "echo": run.baseline_pid, "bare": run.baseline_pid, "faiss": None,
+    server_of = {"simdex": run.server_pid, "simdex unary": run.server_pid, "simdex own": run.server_pid, "echo": run.baseline_pid, "bare": run.baseline_pid, "faiss": None,
                  **{f"aio {kind}": run.aio_pid for kind in run.aio}}
     done = {k: np.zeros(4) for k in makers}  # requests, seconds, server CPU seconds, client CPU seconds
     for _ in range(rounds):
@@ -355,6 +381,9 @@ def throughput_table(run: Run, rounds: int = 3) -> None:
          f"{qps['simdex'] / qps['bare']:.2f}× " + met(qps["simdex"] >= 1.2 * qps["bare"])],
         ["", "", "", "", "", f"≥ 2× before ({before:,.0f} req/s)" if before else "≥ 2× before (not given)",
          f"{qps['simdex'] / before:.2f}× " + met(qps["simdex"] >= 2 * before) if before else "—"],
+        ["simdex: the same, stacked searches as Search calls (before SearchStream)", f"{qps['simdex unary']:,.0f}",
+         f"{qps['simdex unary'] / qps['echo']:.0%}", cpu("simdex unary", 2), cpu("simdex unary", 3), "",
+         f"{qps['simdex unary'] / qps['bare']:.2f}× bare"],
         [f"simdex: Client.search, {THREADS} threads, one Client each (nothing to stack)", f"{qps['simdex own']:,.0f}",
          f"{qps['simdex own'] / qps['echo']:.0%}", cpu("simdex own", 2), cpu("simdex own", 3), "",
          f"{qps['simdex own'] / qps['bare']:.2f}× bare"],

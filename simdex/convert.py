@@ -25,6 +25,8 @@ from simdex.wire import pack, to_bytes, unpack, unpack_floats
 
 # Trailing metadata of an error status: the index of the input item at fault (SimdexError.item).
 ITEM_KEY = "simdex-item"
+# Trailing metadata of a SearchStream refused because all the server's search streams are open.
+STREAMS_FULL = "simdex-streams"
 
 
 # ---- errors --------------------------------------------------------------------------------------------------

@@ -11,6 +11,12 @@ MAX_MESSAGE_MB = 64
 # A Client's small searches in flight at once, per server of its target; further concurrent ones wait and go
 # together (clients.coalesce).
 CLIENT_SEARCH_SLOTS = 2
+# Each slot sends its searches over a SearchStream (one call for many searches), half-closed after this many idle
+# seconds, since an open stream holds a server thread.
+CLIENT_STREAM_IDLE_S = 1.0
+# SearchStream calls a server keeps open at once (simdex serve --search-streams); its thread pool has this many
+# threads more than its workers, so that open streams never take a thread from other calls. 0: none (Search only).
+SEARCH_STREAMS = 8
 # The lookup web page's largest upload (simdex web --max-upload-mb; 413 above).
 MAX_UPLOAD_MB = 64.0
 

@@ -3,7 +3,7 @@ the CLI works on the bare install; there, this command says in one line which ex
 from __future__ import annotations
 
 from simdex import limits as lim
-from simdex.defaults import MAX_MESSAGE_MB, SNAPSHOT_INTERVAL_S
+from simdex.defaults import MAX_MESSAGE_MB, SEARCH_STREAMS, SNAPSHOT_INTERVAL_S
 
 EXTRAS_HINT = ("simdex serve needs the server extra: pip install 'simdex[server,cpu]' "
                "(or 'simdex[server,gpu]' on a GPU host)")
@@ -35,7 +35,8 @@ def cmd_serve(args) -> int:
     limits = lim.Limits(**{name: getattr(args, name) for name, *_ in lim.flags()})
     serve(args.data, args.host, args.port, args.db, args.token_file, tls, args.max_message_mb,
           args.snapshot_interval, weights_map(args.weights), args.device, limits=limits, tokens_file=args.tokens_file,
-          metrics_port=args.metrics_port, metrics_host=args.metrics_host, search_backend=args.search_backend)
+          metrics_port=args.metrics_port, metrics_host=args.metrics_host, search_backend=args.search_backend,
+          search_streams=args.search_streams)
     return 0
 
 
@@ -60,6 +61,9 @@ def add_parsers(sub) -> None:
                    help="what searches exact collections (Flat, and kinds not yet trained): torch keeps their vectors "
                    "on the GPU (or CPU); auto = torch when torch sees CUDA and faiss has no GPU build "
                    "(env SIMDEX_SEARCH_BACKEND; default auto)")
+    s.add_argument("--search-streams", type=int, default=SEARCH_STREAMS,
+                   help="SearchStream calls open at once (clients send stacked searches over them), each holding a "
+                   f"thread of its own besides the workers; beyond it clients send Search calls (default {SEARCH_STREAMS})")
     s.add_argument("--weights", action="append", metavar="NAME=FILE",
                    help="weights file of an embedder (repeatable); default: the torch hub cache ($TORCH_HOME)")
     s.add_argument("--device", help="where embedders run: cpu or cuda (default: the GPU when there is one)")

@@ -26,6 +26,7 @@ from simdex import convert, defaults
 from simdex.clients import targets
 from simdex.clients.backup_files import receive
 from simdex.clients.coalesce import SearchCoalescer, stackable
+from simdex.clients.search_stream import SearchStreams, StreamLost
 from simdex.errors import InvalidArgument, Unavailable
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
@@ -96,8 +97,14 @@ class RemoteTransport:
             self.channel = self.channels.insecure_channel(self.target.uri, options=options)
             self._md = (("authorization", f"Bearer {token}"),) if token else None
         self.stub = pb_grpc.SimdexStub(self.channel)
+        # The coalescer's calls go over SearchStreams (not with a per-call timeout: a stream's answer has none)
+        self._streams = (SearchStreams(lambda requests: self.stub.SearchStream(requests, metadata=self._md),
+                                       defaults.CLIENT_STREAM_IDLE_S)
+                         if self._coalescer is not None and timeout is None else None)
 
     def close(self) -> None:
+        if self._streams is not None:
+            self._streams.close()
         self.channel.close()
 
     def _call(self, method, request, read=None):
@@ -177,8 +184,19 @@ class RemoteTransport:
                           lambda r: convert.search_response_from_pb(r, kw.get("include_metadata", False)))
 
     def _stacked(self, key, queries):
-        """One Search RPC of the coalescer: the rows of the searches of several callers with equal `key`."""
+        """One search of the coalescer (the rows of the searches of several callers with equal `key`): over a
+        SearchStream, or a Search call when there is none to be had (simdex.clients.search_stream)."""
         name, k, _, filter, params, head = key  # noqa: A001
+        if self._streams is not None and self._streams.usable():
+            req = convert.search_request_to_pb(name, queries, k, filter=filter, params=params, head=head)
+            try:
+                answer = self._streams.send(req)
+            except StreamLost as exc:
+                LOG.debug("search sent as a Search call: %s", exc)
+            except grpc.RpcError as exc:
+                raise status_error(exc) from None
+            else:
+                return convert.search_response_from_pb(answer, False)
         return self._search_call(name, queries, k, filter=filter, params=params, head=head)
 
     def cluster(self, name, spec, page_size, page_token):

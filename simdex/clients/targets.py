@@ -26,8 +26,8 @@ from simdex.errors import InvalidArgument
 
 SERVICE = "simdex.v1.Simdex"
 # Methods that read or compute without storing (Backup copies): repeated on UNAVAILABLE, on any server.
-RETRIED = ("GetCollection", "ListCollections", "Get", "Count", "Search", "Cluster", "GetHead", "ListHeads",
-           "Predict", "ListEmbedders", "Embed", "Translate", "Backup")
+RETRIED = ("GetCollection", "ListCollections", "Get", "Count", "Search", "SearchStream", "Cluster", "GetHead",
+           "ListHeads", "Predict", "ListEmbedders", "Embed", "Translate", "Backup")
 # gRPC's retry backoff (A6): attempt n+1 waits uniform(0, min(INITIAL * MULTIPLIER**(n-1), MAX)) seconds.
 MAX_ATTEMPTS = 5            # gRPC's own ceiling
 INITIAL_BACKOFF_S = 0.05

@@ -79,6 +79,11 @@ class SimdexStub:
                 request_serializer=simdex_dot_proto_dot_simdex__pb2.SearchRequest.SerializeToString,
                 response_deserializer=simdex_dot_proto_dot_simdex__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchStream = channel.stream_stream(
+                '/simdex.v1.Simdex/SearchStream',
+                request_serializer=simdex_dot_proto_dot_simdex__pb2.SearchRequest.SerializeToString,
+                response_deserializer=simdex_dot_proto_dot_simdex__pb2.SearchResponse.FromString,
+                _registered_method=True)
         self.Cluster = channel.unary_unary(
                 '/simdex.v1.Simdex/Cluster',
                 request_serializer=simdex_dot_proto_dot_simdex__pb2.ClusterRequest.SerializeToString,
@@ -188,6 +193,20 @@ class SimdexServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchStream(self, request_iterator, context):
+        """Many searches over one call, for a client that sends them back to back (the Python client's stacked searches
+        go this way): each SearchRequest is answered by one SearchResponse, in order, exactly as Search would answer
+        it, without the cost of a call per search. Send the next request after the previous answer (or pipeline:
+        they are answered one after the other). A request Search would refuse ends the stream with Search's status
+        and message (the answers before it stand). The server ends the stream with OK when it stops (after answering
+        what it has read: send the rest to another server, or as Search calls), and refuses a stream beyond its
+        `--search-streams` with RESOURCE_EXHAUSTED and the trailing metadata `simdex-streams: full`: send Search calls
+        then. Half-close the stream when idle: each open stream holds one of the server's threads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Cluster(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -293,6 +312,11 @@ def add_SimdexServicer_to_server(servicer, server):
             ),
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
+                    request_deserializer=simdex_dot_proto_dot_simdex__pb2.SearchRequest.FromString,
+                    response_serializer=simdex_dot_proto_dot_simdex__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SearchStream,
                     request_deserializer=simdex_dot_proto_dot_simdex__pb2.SearchRequest.FromString,
                     response_serializer=simdex_dot_proto_dot_simdex__pb2.SearchResponse.SerializeToString,
             ),
@@ -588,6 +612,33 @@ class Simdex:
             request,
             target,
             '/simdex.v1.Simdex/Search',
+            simdex_dot_proto_dot_simdex__pb2.SearchRequest.SerializeToString,
+            simdex_dot_proto_dot_simdex__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/simdex.v1.Simdex/SearchStream',
             simdex_dot_proto_dot_simdex__pb2.SearchRequest.SerializeToString,
             simdex_dot_proto_dot_simdex__pb2.SearchResponse.FromString,
             options,

@@ -76,6 +76,16 @@ class SimdexStub:
     Get: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.GetRequest, _simdex_pb2.GetResponse]
     Count: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.CountRequest, _simdex_pb2.CountResponse]
     Search: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.SearchRequest, _simdex_pb2.SearchResponse]
+    SearchStream: _grpc.StreamStreamMultiCallable[_simdex_pb2.SearchRequest, _simdex_pb2.SearchResponse]
+    """Many searches over one call, for a client that sends them back to back (the Python client's stacked searches
+    go this way): each SearchRequest is answered by one SearchResponse, in order, exactly as Search would answer
+    it, without the cost of a call per search. Send the next request after the previous answer (or pipeline:
+    they are answered one after the other). A request Search would refuse ends the stream with Search's status
+    and message (the answers before it stand). The server ends the stream with OK when it stops (after answering
+    what it has read: send the rest to another server, or as Search calls), and refuses a stream beyond its
+    `--search-streams` with RESOURCE_EXHAUSTED and the trailing metadata `simdex-streams: full`: send Search calls
+    then. Half-close the stream when idle: each open stream holds one of the server's threads.
+    """
     Cluster: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.ClusterRequest, _simdex_pb2.ClusterResponse]
     TrainHead: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.TrainHeadRequest, _simdex_pb2.Head]
     GetHead: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.GetHeadRequest, _simdex_pb2.Head]
@@ -99,6 +109,16 @@ class SimdexAsyncStub(SimdexStub):
     Get: _aio.UnaryUnaryMultiCallable[_simdex_pb2.GetRequest, _simdex_pb2.GetResponse]  # type: ignore[assignment]
     Count: _aio.UnaryUnaryMultiCallable[_simdex_pb2.CountRequest, _simdex_pb2.CountResponse]  # type: ignore[assignment]
     Search: _aio.UnaryUnaryMultiCallable[_simdex_pb2.SearchRequest, _simdex_pb2.SearchResponse]  # type: ignore[assignment]
+    SearchStream: _aio.StreamStreamMultiCallable[_simdex_pb2.SearchRequest, _simdex_pb2.SearchResponse]  # type: ignore[assignment]
+    """Many searches over one call, for a client that sends them back to back (the Python client's stacked searches
+    go this way): each SearchRequest is answered by one SearchResponse, in order, exactly as Search would answer
+    it, without the cost of a call per search. Send the next request after the previous answer (or pipeline:
+    they are answered one after the other). A request Search would refuse ends the stream with Search's status
+    and message (the answers before it stand). The server ends the stream with OK when it stops (after answering
+    what it has read: send the rest to another server, or as Search calls), and refuses a stream beyond its
+    `--search-streams` with RESOURCE_EXHAUSTED and the trailing metadata `simdex-streams: full`: send Search calls
+    then. Half-close the stream when idle: each open stream holds one of the server's threads.
+    """
     Cluster: _aio.UnaryUnaryMultiCallable[_simdex_pb2.ClusterRequest, _simdex_pb2.ClusterResponse]  # type: ignore[assignment]
     TrainHead: _aio.UnaryUnaryMultiCallable[_simdex_pb2.TrainHeadRequest, _simdex_pb2.Head]  # type: ignore[assignment]
     GetHead: _aio.UnaryUnaryMultiCallable[_simdex_pb2.GetHeadRequest, _simdex_pb2.Head]  # type: ignore[assignment]
@@ -173,6 +193,22 @@ class SimdexServicer(metaclass=_abc_1.ABCMeta):
         request: _simdex_pb2.SearchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_simdex_pb2.SearchResponse, _abc.Awaitable[_simdex_pb2.SearchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SearchStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_simdex_pb2.SearchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_simdex_pb2.SearchResponse], _abc.AsyncIterator[_simdex_pb2.SearchResponse]]:
+        """Many searches over one call, for a client that sends them back to back (the Python client's stacked searches
+        go this way): each SearchRequest is answered by one SearchResponse, in order, exactly as Search would answer
+        it, without the cost of a call per search. Send the next request after the previous answer (or pipeline:
+        they are answered one after the other). A request Search would refuse ends the stream with Search's status
+        and message (the answers before it stand). The server ends the stream with OK when it stops (after answering
+        what it has read: send the rest to another server, or as Search calls), and refuses a stream beyond its
+        `--search-streams` with RESOURCE_EXHAUSTED and the trailing metadata `simdex-streams: full`: send Search calls
+        then. Half-close the stream when idle: each open stream holds one of the server's threads.
+        """
 
     @_abc_1.abstractmethod
     def Cluster(

@@ -43,11 +43,12 @@ class Tls:
 def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str | None = None,
                   tls: Tls | None = None, max_message_mb: float = defaults.MAX_MESSAGE_MB,
                   workers: int = 16, gate: CommitGate | None = None, tokens: Tokens | None = None,
-                  metrics: Metrics | None = None):
+                  metrics: Metrics | None = None, search_streams: int = defaults.SEARCH_STREAMS):
     """A started-ready (not started) gRPC server for `service`. Returns (server, bound port, health servicer).
 
     `token` (one admin token) or `tokens` (scoped ones, simdex.server.tokens) require a bearer token; `metrics`
-    counts and times the calls (serve its registry with metrics.start_metrics_server).
+    counts and times the calls (serve its registry with metrics.start_metrics_server). `search_streams`
+    SearchStream calls may be open at once; the thread pool has `workers` threads for the other calls besides.
 
     `gate` admits the writes' commits; `graceful_stop(server, gate, grace)` closes it before cutting the calls
     still open, so that none of them commits afterwards."""
@@ -66,9 +67,9 @@ def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str |
         interceptors.append(metrics.interceptor)  # first, so that it counts the refusals too
     if auth:
         interceptors.append(TokenAuth(auth, lambda head: service.get_head(head).collection))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-                         options=options, interceptors=interceptors)
-    pb_grpc.add_SimdexServicer_to_server(SimdexServicer(service, max_bytes, gate), server)
+    pool = futures.ThreadPoolExecutor(max_workers=workers + max(0, search_streams), thread_name_prefix="grpc")
+    server = grpc.server(pool, options=options, interceptors=interceptors)
+    pb_grpc.add_SimdexServicer_to_server(SimdexServicer(service, max_bytes, gate, search_streams), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -91,7 +92,7 @@ def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str
           max_message_mb: float = defaults.MAX_MESSAGE_MB, snapshot_interval: float = defaults.SNAPSHOT_INTERVAL_S,
           weights: dict[str, str] | None = None, device: str | None = None, limits: Limits | None = None,
           tokens_file: str | None = None, metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
-          search_backend: str | None = None) -> None:
+          search_backend: str | None = None, search_streams: int = defaults.SEARCH_STREAMS) -> None:
     """Run a server until SIGTERM/SIGINT. `weights` maps embedder names to weights files (default: the torch hub
     cache); `device` is where embedders run ("cpu", "cuda"; default: the GPU when there is one). `metrics_port`
     (0: any free one) serves Prometheus metrics at http://metrics_host:port/metrics. `search_backend`: "auto",
@@ -114,7 +115,8 @@ def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str
     metrics = Metrics() if metrics_port is not None else None
     try:
         server, bound, health_servicer = create_server(service, address, tls=tls, max_message_mb=max_message_mb,
-                                                       gate=gate, tokens=tokens, metrics=metrics)
+                                                       gate=gate, tokens=tokens, metrics=metrics,
+                                                       search_streams=search_streams)
         metrics_http = start_metrics_server(metrics, metrics_host, metrics_port) if metrics else None
     except OSError as exc:
         service.close()

@@ -42,6 +42,8 @@ class TokenAuth(grpc.ServerInterceptor):
             return refusal(handler, grpc.StatusCode.PERMISSION_DENIED, message)
         if rule.access is None:
             return handler
+        if handler.request_streaming and rule.each:
+            return rewrap(handler, lambda behaviour: self._checked_each(behaviour, token, rule, method))
         if handler.request_streaming:
             return rewrap(handler, lambda behaviour: self._checked_stream(behaviour, token, rule, method))
         return rewrap(handler, lambda behaviour: self._checked(behaviour, token, rule, method))
@@ -68,6 +70,17 @@ class TokenAuth(grpc.ServerInterceptor):
             return _listed(token, rule, behaviour(_Replayed(first, requests), context))
 
         return call
+
+    def _checked_each(self, behaviour, token: Token, rule: Rule, method: str):
+        """A stream of requests each judged as it is read: a denied one ends the stream with PERMISSION_DENIED
+        (the answers before it stand)."""
+
+        def judged(requests, context):
+            for request in requests:
+                self._check(token, rule, method, request, context)
+                yield request
+
+        return lambda requests, context: behaviour(judged(requests, context), context)
 
     def _check(self, token: Token, rule: Rule, method: str, request, context) -> None:
         """Abort with PERMISSION_DENIED unless `token` has the rule's access to every collection `request` names."""

@@ -60,6 +60,11 @@ class CommitGate:
         self._cond = threading.Condition()
         self._closed = False
         self._active = 0
+        self.draining = False  # the stop has begun: streams of searches end after their next answer
+
+    def drain(self) -> None:
+        """The server is stopping: calls in flight may finish, but long-lived streams should end."""
+        self.draining = True
 
     def guard(self, context, what: str):
         @contextmanager
@@ -96,6 +101,7 @@ class CommitGate:
 def graceful_stop(server, gate: CommitGate, grace: float) -> None:
     """Stop `server`: refuse new calls at once, let those in flight finish for `grace` seconds, then close the
     gate (no commit starts after this, the commits in progress end) and cancel every call still open."""
+    gate.drain()
     drained = server.stop(grace=grace + 3600)  # starts the drain; the hard stop below comes first
     if drained.wait(grace):
         gate.close()

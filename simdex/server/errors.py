@@ -27,18 +27,24 @@ def grpc_errors(method):
     def wrapper(self, request, context):
         try:
             return method(self, request, context)
-        except SimdexError as exc:
-            if exc.code in CALL_ENDED:
-                LOG.info("%s ended: %s", method.__name__, exc.message)
-            trailing = error_metadata(exc)
-            if trailing:
-                context.set_trailing_metadata(trailing)
-            context.abort(grpc.StatusCode[exc.code], exc.message)
-        except grpc.RpcError:  # the request stream raised: the call was cancelled (simdex.server.calls)
-            LOG.info("%s ended: the call was cancelled; nothing of it was stored", method.__name__)
-            context.abort(grpc.StatusCode.CANCELLED, f"{method.__name__}: the call was cancelled")
-        except Exception:  # noqa: BLE001 - the server must keep serving; the log has the stack
-            LOG.exception("internal error in %s", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the server log")
+        except Exception as exc:  # noqa: BLE001 - the server must keep serving
+            abort(context, exc, method.__name__)
 
     return wrapper
+
+
+def abort(context, exc: Exception, method: str) -> None:
+    """End the call with `exc`'s status: a SimdexError's code, message and item; a request stream's RpcError (the
+    call was cancelled, simdex.server.calls) as CANCELLED; anything else INTERNAL, its stack logged."""
+    if isinstance(exc, SimdexError):
+        if exc.code in CALL_ENDED:
+            LOG.info("%s ended: %s", method, exc.message)
+        trailing = error_metadata(exc)
+        if trailing:
+            context.set_trailing_metadata(trailing)
+        context.abort(grpc.StatusCode[exc.code], exc.message)
+    if isinstance(exc, grpc.RpcError):
+        LOG.info("%s ended: the call was cancelled; nothing of it was stored", method)
+        context.abort(grpc.StatusCode.CANCELLED, f"{method}: the call was cancelled")
+    LOG.error("internal error in %s", method, exc_info=exc)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")

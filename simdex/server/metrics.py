@@ -65,7 +65,8 @@ def _code(context, failed: bool) -> str:
 
 class RpcMetrics(grpc.ServerInterceptor):
     """Counts and times every call (authentication refusals included, when this interceptor comes first). The
-    numbers are recorded before the answer leaves, so a client that has its answer sees them counted."""
+    numbers are recorded before the answer leaves, so a client that has its answer sees them counted. A stream of
+    requests each with its answer (SearchStream) counts each answer as a call, and the error that ends it."""
 
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
@@ -103,6 +104,32 @@ class RpcMetrics(grpc.ServerInterceptor):
 
             return call
 
+        def each_answered(behaviour):  # SearchStream: a sample per answer (from its request's read), none per call
+            def call(requests, context):
+                read = [time.perf_counter()]
+
+                def timed():
+                    for request in requests:
+                        read[0] = time.perf_counter()
+                        yield request
+
+                failed, code = True, None
+                try:
+                    for response in behaviour(timed(), context):
+                        observe(service, method, "OK", time.perf_counter() - read[0])
+                        yield response
+                    failed = False
+                except GeneratorExit:
+                    code = "CANCELLED"
+                    raise
+                finally:
+                    if failed:  # the error that ended the stream: one sample of its own
+                        observe(service, method, code or _code(context, True), time.perf_counter() - read[0])
+
+            return call
+
+        if handler.request_streaming and handler.response_streaming:
+            return rewrap(handler, each_answered)
         return rewrap(handler, streamed_answer if handler.response_streaming else unary_answer)
 
 

@@ -8,13 +8,18 @@ otherwise. Writes commit only while their call is alive and the server is not pa
 """
 from __future__ import annotations
 
-from simdex import convert, trace
+import threading
+
+import grpc
+
+from simdex import convert, defaults, trace
+from simdex.convert import STREAMS_FULL
 from simdex.errors import ResourceExhausted
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
 from simdex.server.backup_stream import backup_chunks
 from simdex.server.calls import CommitGate, client_stream
-from simdex.server.errors import grpc_errors
+from simdex.server.errors import abort, grpc_errors
 from simdex.server.upsert_stream import read_upsert_stream
 from simdex.service.collection import commit_guard
 from simdex.service.facade import Simdex
@@ -27,10 +32,13 @@ MIN_METADATA_BYTES = 4
 
 
 class SimdexServicer(pb_grpc.SimdexServicer):
-    def __init__(self, service: Simdex, max_message_bytes: int, gate: CommitGate | None = None):
+    def __init__(self, service: Simdex, max_message_bytes: int, gate: CommitGate | None = None,
+                 search_streams: int = defaults.SEARCH_STREAMS):
         self.service = service
         self.max_bytes = max_message_bytes
         self.gate = gate or CommitGate()
+        self.search_streams = search_streams  # SearchStream calls open at once, each holding a worker thread
+        self._streams = threading.BoundedSemaphore(search_streams) if search_streams > 0 else threading.Semaphore(0)
 
     def _too_large(self, size: int, what: str, would: str = "would be") -> ResourceExhausted:
         return ResourceExhausted(
@@ -105,6 +113,34 @@ class SimdexServicer(pb_grpc.SimdexServicer):
 
     @grpc_errors
     def Search(self, request, context):
+        return self._search(request)
+
+    def SearchStream(self, requests, context):
+        """Each request answered in turn as Search answers it; the first that Search would refuse ends the stream
+        with its status. Ends with OK after an answer once the server is stopping; refused RESOURCE_EXHAUSTED
+        (trailing `simdex-streams: full`) beyond the server's streams."""
+        if not self._streams.acquire(blocking=False):
+            context.set_trailing_metadata(((STREAMS_FULL, "full"),))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"SearchStream: all {self.search_streams} search streams of this server are open; "
+                          "send Search calls")
+        try:
+            while not self.gate.draining:
+                try:
+                    request = next(requests, None)
+                except grpc.RpcError:  # cancelled, or the client went away
+                    return
+                if request is None:  # the client half-closed
+                    return
+                try:
+                    response = self._search(request)
+                except Exception as exc:  # noqa: BLE001 - the stream ends with Search's status
+                    abort(context, exc, "SearchStream")
+                yield response
+        finally:
+            self._streams.release()
+
+    def _search(self, request):
         if trace.ON:
             trace.begin()
         kw = convert.search_request_from_pb(request)

@@ -68,12 +68,14 @@ class Rule:
     """What one RPC needs. access None: any valid token. `fields`: request fields naming collections (an empty one
     is left to the servicer to refuse); `head`: a request field naming a head, whose collection needs `access`
     too; `listing`: (response field, each entry's field naming its collection): entries the token does not cover
-    are left out of the answer; `server_wide`: an admin token that covers every collection."""
+    are left out of the answer; `server_wide`: an admin token that covers every collection; `each`: a request
+    stream whose every message is judged (SearchStream: each is a search of its own), not its first only."""
     access: str | None
     fields: tuple[str, ...] = ()
     head: str = ""
     listing: tuple[str, str] | None = None
     server_wide: bool = False
+    each: bool = False
 
 
 _SIMDEX = pb.DESCRIPTOR.services_by_name["Simdex"].full_name
@@ -90,6 +92,7 @@ RULES: dict[str, Rule] = {
         "Get": _READ,
         "Count": _READ,
         "Search": Rule("read", ("collection",), head="head"),
+        "SearchStream": Rule("read", ("collection",), head="head", each=True),
         "Cluster": _READ,
         "TrainHead": Rule("admin", ("collection", "target_collection"), head="head"),
         "GetHead": Rule("read", head="name"),

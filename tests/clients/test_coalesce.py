@@ -28,20 +28,24 @@ class _Refused(grpc.RpcError):
 
 
 def _watch(client: Client, refuse_value: float | None = None, pause: float = 0.004):
-    """Count the rows of each Search RPC the client sends; each call pauses first (so concurrent searches queue
-    behind it); a call holding a row whose first value is `refuse_value` fails INVALID_ARGUMENT."""
-    rows, stub = [], client._transport.stub
-    search = stub.Search
+    """Count the rows of each search the client sends (over its SearchStreams, or a Search RPC); each pauses first
+    (so concurrent searches queue behind it); one holding a row whose first value is `refuse_value` fails
+    INVALID_ARGUMENT."""
+    rows, transport = [], client._transport
+    assert transport._streams is not None, "a Client sends its stacked searches over SearchStream"
 
-    def watched(request, **kw):
-        rows.append(request.queries.shape[0])
-        time.sleep(pause)
-        q = np.frombuffer(request.queries.data, np.float32).reshape(list(request.queries.shape))
-        if refuse_value is not None and (q[:, 0] == refuse_value).any():
-            raise _Refused()
-        return search(request, **kw)
+    def watch(send):
+        def watched(request, **kw):
+            rows.append(request.queries.shape[0])
+            time.sleep(pause)
+            q = np.frombuffer(request.queries.data, np.float32).reshape(list(request.queries.shape))
+            if refuse_value is not None and (q[:, 0] == refuse_value).any():
+                raise _Refused()
+            return send(request, **kw)
+        return watched
 
-    stub.Search = watched
+    transport._streams.send = watch(transport._streams.send)
+    transport.stub.Search = watch(transport.stub.Search)
     return rows
 
 

@@ -91,6 +91,25 @@ def test_rpc_counts_and_latencies_by_method_and_code(metered):
     assert value(got, "process_resident_memory_bytes") > 10 * 2 ** 20
 
 
+def test_each_search_of_a_stream_counts_as_a_call_and_so_does_the_error_ending_it(metered):
+    s = metered.stub
+    s.CreateCollection(pb.CreateCollectionRequest(name="a", dim=4))
+    s.Upsert(iter([pb.UpsertRequest(collection="a", ids=[f"i{j}" for j in range(10)], vectors=matrix(X))]))
+    req = pb.SearchRequest(collection="a", queries=matrix(X[:1]), k=2)
+    bad = pb.SearchRequest(collection="a", queries=matrix(X[:1, :3]), k=2)  # the wrong dimension
+    t0 = time.perf_counter()
+    assert len(list(s.SearchStream(iter([req] * 3)))) == 3
+    with pytest.raises(grpc.RpcError) as ei:
+        list(s.SearchStream(iter([req, bad, req])))
+    searching = time.perf_counter() - t0
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    got = scrape(metered.url)
+    assert value(got, "simdex_rpc_requests_total", **rpc("SearchStream")) == 4  # 3 + 1 answered before the error
+    assert value(got, "simdex_rpc_requests_total", **rpc("SearchStream", "INVALID_ARGUMENT")) == 1
+    assert value(got, "simdex_rpc_duration_seconds_count", **rpc("SearchStream")) == 4
+    assert 0 < value(got, "simdex_rpc_duration_seconds_sum", **rpc("SearchStream")) <= searching
+
+
 def test_collections_their_kind_training_and_snapshots(metered):
     s, svc = metered.stub, metered.service
     s.CreateCollection(pb.CreateCollectionRequest(name="flat", dim=4))

@@ -169,6 +169,8 @@ def _calls(stub, who: str, tag: str, root):
         "Count": ("read", lambda: stub.Count(pb.CountRequest(collection="docs-a"), metadata=m)),
         "Search": ("read", lambda: stub.Search(pb.SearchRequest(collection="docs-a", queries=matrix(X[:2]), k=3),
                                                metadata=m)),
+        "SearchStream": ("read", lambda: list(stub.SearchStream(
+            iter([pb.SearchRequest(collection="docs-a", queries=matrix(X[:2]), k=3)] * 2), metadata=m))),
         "Cluster": ("read", lambda: stub.Cluster(pb.ClusterRequest(collection="docs-a", bandwidth=10.0), metadata=m)),
         "TrainHead": ("admin", lambda: stub.TrainHead(
             pb.TrainHeadRequest(collection="docs-a", head=f"h-new-{tag}", label_field="label"), metadata=m)),
@@ -220,6 +222,23 @@ def test_a_collection_the_token_does_not_cover_is_denied_by_name(server, request
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert "token 'writer' does not cover collection 'other'" in details and SECRETS["write"] not in details
     assert server.service.count("other") == 20  # nothing deleted
+
+
+def test_each_search_of_a_stream_is_judged_on_its_own(server):
+    """SearchStream carries many searches: one the token does not cover ends the stream with PERMISSION_DENIED
+    after the answers before it; its first message being allowed admits nothing after it."""
+    def req(collection: str, head: str = "") -> pb.SearchRequest:
+        return pb.SearchRequest(collection=collection, head=head, queries=matrix(X[:1]), k=2)
+
+    for denied, words in ((req("other"), "token 'reader' does not cover collection 'other'"),
+                          (req("docs-a", head="h-other"), "collection 'other' (of head 'h-other')")):
+        answers = []
+        with pytest.raises(grpc.RpcError) as ei:
+            for answer in server.stub.SearchStream(iter([req("docs-a"), req("digits"), denied, req("docs-a")]),
+                                                   metadata=md("read")):
+                answers.append(answer)
+        assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED and words in ei.value.details()
+        assert len(answers) == 2  # the two allowed searches before it were answered, the one after it was not
 
 
 def test_heads_are_judged_by_their_collection(server):

@@ -1,0 +1,144 @@
+"""The Client's searches over SearchStream (simdex.clients.search_stream): the same answers as Search calls, the
+stream half-closed when idle (so a stopping server is not held up), and a Search call whenever no stream serves."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import InProcessServer, clustered, oracle
+from simdex import defaults
+from simdex.clients import Client
+from simdex.clients import search_stream
+from simdex.errors import InvalidArgument
+
+D = 8
+
+
+def _fill(c: Client, n: int = 500):
+    xb = clustered(n, D, seed=3)
+    c.create_collection("c", D, "l2", "Flat")
+    c.upsert("c", [f"v{i}" for i in range(n)], xb)
+    return xb
+
+
+def _count_search_calls(c: Client) -> list:
+    calls, search = [], c._transport.stub.Search
+    c._transport.stub.Search = lambda req, **kw: calls.append(req) or search(req, **kw)
+    return calls
+
+
+def test_searches_go_over_streams_with_the_answers_of_search_calls(server):
+    with Client(server.target) as c, Client(server.target, search_slots=0) as plain:
+        xb = _fill(c)
+        xq = clustered(64, D, seed=4)
+        unary = _count_search_calls(c)
+        got: dict = {}
+
+        def worker(j):
+            for i in range(j, len(xq), 8):
+                got[i] = c.search("c", xq[i:i + 1], 5)
+
+        ts = [threading.Thread(target=worker, args=(j,)) for j in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        assert unary == [] and 1 <= c._transport._streams.opened <= defaults.CLIENT_SEARCH_SLOTS
+        _, idx = oracle(xb, xq, 5)
+        for i in range(len(xq)):
+            assert got[i].ids == [[f"v{j}" for j in idx[i]]], i
+            assert got[i].ids == plain.search("c", xq[i:i + 1], 5).ids
+
+
+def test_errors_over_a_stream_are_those_of_search_and_the_next_search_works(server):
+    """Errors only the server can find (the collection's kind, its dimension): each ends its stream, the
+    caller gets what a Search call would give, and the next search opens a new stream."""
+    with Client(server.target) as c, Client(server.target, search_slots=0) as plain:
+        xb = _fill(c)
+        for kw in (dict(params={"efSearch": 64}), dict(q=np.ones((1, D - 1), np.float32))):
+            q = kw.pop("q", xb[:1])
+            with pytest.raises(InvalidArgument) as over_stream:
+                c.search("c", q, 2, **kw)
+            with pytest.raises(InvalidArgument) as alone:
+                plain.search("c", q, 2, **kw)
+            assert str(over_stream.value) == str(alone.value)
+        assert c.search("c", xb[:1], 1).ids == [["v0"]]
+        assert c._transport._streams.opened == 3  # each error ended its stream; each next search opened one
+
+
+def test_an_idle_stream_is_closed_and_its_server_place_freed(tmp_path, monkeypatch):
+    monkeypatch.setattr(defaults, "CLIENT_STREAM_IDLE_S", 0.2)
+    srv = InProcessServer(tmp_path / "srv", search_streams=1)
+    try:
+        with Client(srv.target) as a, Client(srv.target) as b:
+            xb = _fill(a)
+            a.search("c", xb[:1], 1)
+            streams = a._transport._streams
+            assert len(streams.idle) == 1
+            deadline = time.monotonic() + 5
+            while streams.idle and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not streams.idle  # half-closed after 0.2-0.4 s idle
+            unary = _count_search_calls(b)
+            time.sleep(0.2)  # the server's handler has ended: its one place is free for b
+            assert b.search("c", xb[:1], 1).ids == [["v0"]]
+            assert unary == [] and b._transport._streams.opened == 1
+    finally:
+        srv.stop()
+
+
+def test_when_the_server_has_no_stream_free_the_client_sends_search_calls(tmp_path):
+    srv = InProcessServer(tmp_path / "srv", search_streams=0)
+    try:
+        with Client(srv.target) as c:
+            xb = _fill(c)
+            unary = _count_search_calls(c)
+            assert c.search("c", xb[:2], 1).ids == [["v0"], ["v1"]]
+            assert c.search("c", xb[2:3], 1).ids == [["v2"]]
+            # the refusal paused the streams: the second search did not try one again
+            assert len(unary) == 2 and c._transport._streams.opened == 1
+            assert not c._transport._streams.usable()
+    finally:
+        srv.stop()
+
+
+def test_a_stop_is_not_held_up_by_a_clients_idle_stream(tmp_path, monkeypatch):
+    from simdex.server.calls import CommitGate, graceful_stop
+
+    monkeypatch.setattr(defaults, "CLIENT_STREAM_IDLE_S", 0.2)
+    gate = CommitGate()
+    srv = InProcessServer(tmp_path / "srv", gate=gate)
+    with Client(srv.target) as c:
+        xb = _fill(c)
+        c.search("c", xb[:1], 1)
+        t0 = time.monotonic()
+        graceful_stop(srv.server, gate, grace=20.0)
+        took = time.monotonic() - t0
+    srv.service.close()
+    assert took < 5, f"the stop waited {took:.1f} s for an idle stream"
+
+
+def test_a_client_with_a_timeout_sends_search_calls(server):
+    with Client(server.target, timeout=30) as c:
+        xb = _fill(c)
+        unary = _count_search_calls(c)
+        assert c.search("c", xb[:1], 1).ids == [["v0"]]
+        assert c._transport._streams is None and len(unary) == 1
+
+
+def test_a_stream_that_ends_unanswered_is_a_search_call(server, monkeypatch):
+    """The server stopping (an OK end before the answer) or the connection lost: the search is made again as a
+    Search call, which gRPC retries and balances."""
+    with Client(server.target) as c:
+        xb = _fill(c)
+        unary = _count_search_calls(c)
+
+        def lost(_request):
+            raise search_stream.StreamLost("the server ended the stream (it is stopping)")
+
+        monkeypatch.setattr(c._transport._streams, "send", lost)
+        assert c.search("c", xb[:1], 1).ids == [["v0"]]
+        assert len(unary) == 1

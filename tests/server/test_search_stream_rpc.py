@@ -1,0 +1,151 @@
+"""SearchStream on the wire: each request answered in order exactly as Search answers it, an error ends the stream
+with Search's status, a server holds at most its --search-streams open, and a stopping server ends them."""
+from __future__ import annotations
+
+import json
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import InProcessServer, clustered
+from simdex import convert
+from simdex.proto import simdex_pb2 as pb
+from simdex.proto import simdex_pb2_grpc as pb_grpc
+
+D = 8
+
+
+def matrix(x: np.ndarray) -> pb.Matrix:
+    return pb.Matrix(data=x.astype("<f4").tobytes(), shape=list(x.shape))
+
+
+@pytest.fixture
+def filled(tmp_path):
+    srv = InProcessServer(tmp_path / "srv", search_streams=2)
+    channel = grpc.insecure_channel(srv.target)
+    stub = pb_grpc.SimdexStub(channel)
+    xb = clustered(400, D, seed=1)
+    stub.CreateCollection(pb.CreateCollectionRequest(name="c", dim=D, index="Flat"))
+    stub.Upsert(iter([pb.UpsertRequest(collection="c", ids=[f"v{i}" for i in range(len(xb))], vectors=matrix(xb),
+                                       metadata=[json.dumps({"g": i % 4}) for i in range(len(xb))])]))
+    srv.stub, srv.xb = stub, xb
+    yield srv
+    channel.close()
+    srv.stop()
+
+
+def _requests(xq: np.ndarray) -> list[pb.SearchRequest]:
+    """k-NN packed and per-query, with metadata, filtered, and a range search: every kind Search answers."""
+    out = []
+    for i in range(len(xq)):
+        q = matrix(xq[i:i + 1 + i % 3])
+        out.append([pb.SearchRequest(collection="c", queries=q, k=4, packed=True),
+                    pb.SearchRequest(collection="c", queries=q, k=3, include_metadata=True),
+                    pb.SearchRequest(collection="c", queries=q, k=5, filter='{"g": 2}'),
+                    pb.SearchRequest(collection="c", queries=q, radius=2.0, k=0)][i % 4])
+    return out
+
+
+def test_pipelined_requests_are_answered_in_order_as_search_answers_each(filled):
+    reqs = _requests(clustered(12, D, seed=2))
+    expect = [filled.stub.Search(r) for r in reqs]
+    got = list(filled.stub.SearchStream(iter(reqs)))  # all sent before any answer is read
+    assert len(got) == len(reqs)
+    for r, e, g in zip(reqs, expect, got):
+        assert g == e, r
+
+
+def test_an_error_ends_the_stream_with_the_status_search_gives_it(filled):
+    good = pb.SearchRequest(collection="c", queries=matrix(filled.xb[:1]), k=2, packed=True)
+    bad_rows = filled.xb[:3].copy()
+    bad_rows[1, 2] = np.nan
+    for bad, code, item in ((pb.SearchRequest(collection="c", queries=matrix(bad_rows), k=2),
+                             grpc.StatusCode.INVALID_ARGUMENT, "1"),
+                            (pb.SearchRequest(collection="nope", queries=matrix(filled.xb[:1]), k=2),
+                             grpc.StatusCode.NOT_FOUND, None)):
+        with pytest.raises(grpc.RpcError) as alone:
+            filled.stub.Search(bad)
+        answers = []
+        with pytest.raises(grpc.RpcError) as ei:
+            for a in filled.stub.SearchStream(iter([good, good, bad, good])):
+                answers.append(a)
+        assert len(answers) == 2 and answers[0] == filled.stub.Search(good)
+        assert ei.value.code() == alone.value.code() == code
+        assert ei.value.details() == alone.value.details()
+        assert dict(ei.value.trailing_metadata() or ()).get(convert.ITEM_KEY) == item
+
+
+def _open_stream(stub):
+    """A stream with one answered request, held open (its request iterator waits) until `release` is set."""
+    release, answered = threading.Event(), threading.Event()
+    req = pb.SearchRequest(collection="c", queries=matrix(np.zeros((1, D), np.float32)), k=1)
+
+    def requests():
+        yield req
+        answered.wait()
+        release.wait()
+
+    call = stub.SearchStream(requests())
+    next(call)
+    answered.set()
+    return call, release
+
+
+def test_streams_beyond_the_servers_limit_are_refused_until_one_closes(filled):
+    held = [_open_stream(filled.stub) for _ in range(2)]  # the fixture's --search-streams 2
+    req = pb.SearchRequest(collection="c", queries=matrix(filled.xb[:1]), k=1)
+    with pytest.raises(grpc.RpcError) as ei:
+        list(filled.stub.SearchStream(iter([req])))
+    assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "all 2 search streams" in ei.value.details()
+    assert dict(ei.value.trailing_metadata())[convert.STREAMS_FULL] == "full"
+    assert len(filled.stub.Search(req).results[0].ids) == 1  # Search calls are still served
+    call, release = held.pop()
+    release.set()  # half-closes: the server's handler ends and frees its place
+    assert list(call) == []
+    assert len(list(filled.stub.SearchStream(iter([req])))) == 1
+    for call, release in held:
+        release.set()
+
+
+def test_no_stream_is_served_with_search_streams_zero(tmp_path):
+    srv = InProcessServer(tmp_path / "srv", search_streams=0)
+    try:
+        with grpc.insecure_channel(srv.target) as ch:
+            with pytest.raises(grpc.RpcError) as ei:
+                list(pb_grpc.SimdexStub(ch).SearchStream(iter([pb.SearchRequest(collection="c", k=1)])))
+        assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        srv.stop()
+
+
+def test_a_stopping_server_ends_its_streams_after_their_next_answer(tmp_path):
+    from simdex.server.calls import CommitGate
+
+    gate = CommitGate()
+    srv = InProcessServer(tmp_path / "srv", gate=gate)
+    try:
+        stub = pb_grpc.SimdexStub(grpc.insecure_channel(srv.target))
+        stub.CreateCollection(pb.CreateCollectionRequest(name="c", dim=D))
+        stub.Upsert(iter([pb.UpsertRequest(collection="c", ids=["a"], vectors=matrix(np.ones((1, D))))]))
+        req = pb.SearchRequest(collection="c", queries=matrix(np.ones((1, D))), k=1)
+        sent = [req]
+        more = threading.Event()
+
+        def requests():
+            yield sent[0]
+            more.wait()
+            yield req
+            yield req
+
+        call = stub.SearchStream(requests())
+        assert next(call).results[0].ids == ["a"]
+        gate.drain()  # graceful_stop's first step
+        more.set()
+        rest = list(call)  # the request read while draining is answered, then the stream ends with OK
+        assert len(rest) == 1 and rest[0].results[0].ids == ["a"]
+        assert call.code() == grpc.StatusCode.OK
+    finally:
+        srv.stop()
