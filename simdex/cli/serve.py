@@ -2,6 +2,8 @@
 the CLI works on the bare install; there, this command says in one line which extras to install."""
 from __future__ import annotations
 
+import argparse
+
 from simdex import limits as lim
 from simdex.defaults import MAX_MESSAGE_MB, SEARCH_STREAMS, SNAPSHOT_INTERVAL_S
 
@@ -17,6 +19,13 @@ def missing_module(exc: ImportError) -> str | None:
             return e.name
         e = e.__cause__
     return None
+
+
+def _not_negative(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
 
 
 def cmd_serve(args) -> int:
@@ -61,7 +70,7 @@ def add_parsers(sub) -> None:
                    help="what searches exact collections (Flat, and kinds not yet trained): torch keeps their vectors "
                    "on the GPU (or CPU); auto = torch when torch sees CUDA and faiss has no GPU build "
                    "(env SIMDEX_SEARCH_BACKEND; default auto)")
-    s.add_argument("--search-streams", type=int, default=SEARCH_STREAMS,
+    s.add_argument("--search-streams", type=_not_negative, default=SEARCH_STREAMS,
                    help="SearchStream calls open at once (clients send stacked searches over them), each holding a "
                    f"thread of its own besides the workers; beyond it clients send Search calls (default {SEARCH_STREAMS})")
     s.add_argument("--weights", action="append", metavar="NAME=FILE",

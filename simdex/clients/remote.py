@@ -99,7 +99,7 @@ class RemoteTransport:
         self.stub = pb_grpc.SimdexStub(self.channel)
         # The coalescer's calls go over SearchStreams (not with a per-call timeout: a stream's answer has none)
         self._streams = (SearchStreams(lambda requests: self.stub.SearchStream(requests, metadata=self._md),
-                                       defaults.CLIENT_STREAM_IDLE_S)
+                                       defaults.CLIENT_STREAM_IDLE_S, search_slots)
                          if self._coalescer is not None and timeout is None else None)
 
     def close(self) -> None:
@@ -192,6 +192,8 @@ class RemoteTransport:
             try:
                 answer = self._streams.send(req)
             except StreamLost as exc:
+                if self._streams.shut and exc.cause is not None:  # the Client was closed meanwhile
+                    raise status_error(exc.cause) from None
                 LOG.debug("search sent as a Search call: %s", exc)
             except grpc.RpcError as exc:
                 raise status_error(exc) from None

@@ -198,10 +198,11 @@ class SimdexServicer:
         go this way): each SearchRequest is answered by one SearchResponse, in order, exactly as Search would answer
         it, without the cost of a call per search. Send the next request after the previous answer (or pipeline:
         they are answered one after the other). A request Search would refuse ends the stream with Search's status
-        and message (the answers before it stand). The server ends the stream with OK when it stops (after answering
-        what it has read: send the rest to another server, or as Search calls), and refuses a stream beyond its
-        `--search-streams` with RESOURCE_EXHAUSTED and the trailing metadata `simdex-streams: full`: send Search calls
-        then. Half-close the stream when idle: each open stream holds one of the server's threads.
+        and message (the answers before it stand). A stopping server cancels a stream waiting for its next request and
+        ends one busy with a request with OK after its answer (send the rest as Search calls, or to another server);
+        it refuses a stream beyond its `--search-streams` with RESOURCE_EXHAUSTED and the trailing metadata
+        `simdex-streams: full`: send Search calls then. Half-close the stream when idle: each open stream holds one of
+        the server's threads.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,6 +57,9 @@ def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str |
         ("grpc.max_receive_message_length", max_bytes),
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.so_reuseport", 0),
+        # pings while calls are open, so that a SearchStream of a peer that vanished is cut within minutes
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
     ]
     if token and tokens:
         raise ValueError("give token or tokens, not both")

@@ -60,11 +60,30 @@ class CommitGate:
         self._cond = threading.Condition()
         self._closed = False
         self._active = 0
-        self.draining = False  # the stop has begun: streams of searches end after their next answer
+        self.draining = False  # the stop has begun: streams of searches end
+        self._waiting: set = set()  # contexts of streams waiting for their next request
 
     def drain(self) -> None:
-        """The server is stopping: calls in flight may finish, but long-lived streams should end."""
-        self.draining = True
+        """The server is stopping: calls in flight may finish, but long-lived streams end now: those waiting for
+        a request are cancelled (nothing of theirs is in flight), the others end after their answer."""
+        with self._cond:
+            self.draining = True
+            waiting = list(self._waiting)
+        for context in waiting:
+            context.cancel()
+
+    def next_request(self, requests, context):
+        """The next message of a long-lived request stream, or None when it ended or the server is draining (a
+        drain cancels the read). Raises grpc.RpcError when the call was cancelled."""
+        with self._cond:
+            if self.draining:
+                return None
+            self._waiting.add(context)
+        try:
+            return next(requests, None)
+        finally:
+            with self._cond:
+                self._waiting.discard(context)
 
     def guard(self, context, what: str):
         @contextmanager

@@ -113,18 +113,18 @@ class RpcMetrics(grpc.ServerInterceptor):
                         read[0] = time.perf_counter()
                         yield request
 
-                failed, code = True, None
+                failed = True
                 try:
                     for response in behaviour(timed(), context):
                         observe(service, method, "OK", time.perf_counter() - read[0])
                         yield response
                     failed = False
-                except GeneratorExit:
-                    code = "CANCELLED"
+                except GeneratorExit:  # closed at a yield: its search was answered (and counted) already
+                    failed = False
                     raise
                 finally:
                     if failed:  # the error that ended the stream: one sample of its own
-                        observe(service, method, code or _code(context, True), time.perf_counter() - read[0])
+                        observe(service, method, _code(context, True), time.perf_counter() - read[0])
 
             return call
 

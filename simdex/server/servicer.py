@@ -117,20 +117,22 @@ class SimdexServicer(pb_grpc.SimdexServicer):
 
     def SearchStream(self, requests, context):
         """Each request answered in turn as Search answers it; the first that Search would refuse ends the stream
-        with its status. Ends with OK after an answer once the server is stopping; refused RESOURCE_EXHAUSTED
-        (trailing `simdex-streams: full`) beyond the server's streams."""
+        with its status. A stopping server cancels a stream waiting for its next request, and ends one busy with a
+        request with OK after its answer; refused RESOURCE_EXHAUSTED (trailing `simdex-streams: full`) beyond the
+        server's streams."""
         if not self._streams.acquire(blocking=False):
             context.set_trailing_metadata(((STREAMS_FULL, "full"),))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"SearchStream: all {self.search_streams} search streams of this server are open; "
-                          "send Search calls")
+                          "send Search calls" if self.search_streams else
+                          "SearchStream: this server serves no search streams (--search-streams 0); send Search calls")
         try:
-            while not self.gate.draining:
+            while True:
                 try:
-                    request = next(requests, None)
-                except grpc.RpcError:  # cancelled, or the client went away
+                    request = self.gate.next_request(requests, context)
+                except grpc.RpcError:  # cancelled (by a stop, too), or the client went away
                     return
-                if request is None:  # the client half-closed
+                if request is None:  # the client half-closed, or the server is stopping
                     return
                 try:
                     response = self._search(request)

@@ -121,6 +121,55 @@ def test_a_stop_is_not_held_up_by_a_clients_idle_stream(tmp_path, monkeypatch):
     assert took < 5, f"the stop waited {took:.1f} s for an idle stream"
 
 
+def test_after_a_drain_the_client_sends_search_calls(tmp_path):
+    """The server cancels the idle stream at its drain and ends a new one unanswered: the search is a Search call
+    (here still answered: only the drain began, not the stop)."""
+    from simdex.server.calls import CommitGate
+
+    gate = CommitGate()
+    srv = InProcessServer(tmp_path / "srv", gate=gate)
+    try:
+        with Client(srv.target) as c:
+            xb = _fill(c)
+            assert c.search("c", xb[:1], 1).ids == [["v0"]]
+            unary = _count_search_calls(c)
+            gate.drain()
+            assert c.search("c", xb[1:2], 1).ids == [["v1"]]
+            assert c.search("c", xb[2:3], 1).ids == [["v2"]]
+            assert len(unary) == 2 and unary[0].queries.shape == [1, D]
+    finally:
+        srv.stop()
+
+
+def test_searches_repeated_alone_open_no_more_streams_than_slots(tmp_path):
+    """A stack the server refuses RESOURCE_EXHAUSTED (its hits over max_search_results) is repeated search by
+    search; those repeats go over the slots' streams or as Search calls, never over streams of their own."""
+    from simdex.limits import Limits
+
+    srv = InProcessServer(tmp_path / "srv", limits=Limits(max_search_results=5))
+    try:
+        with Client(srv.target, search_slots=2) as c:
+            xb = _fill(c)
+            xq = clustered(48, D, seed=6)
+            got: dict = {}
+
+            def worker(j):
+                for i in range(j, len(xq), 8):
+                    got[i] = c.search("c", xq[i:i + 1], 3)  # 3 hits alone; 6 or more stacked: refused
+
+            ts = [threading.Thread(target=worker, args=(j,)) for j in range(8)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(60)
+            _, idx = oracle(xb, xq, 3)
+            assert [got[i].ids for i in range(len(xq))] == [[[f"v{j}" for j in row]] for row in idx]
+            streams = c._transport._streams
+            assert streams.opened > 2 and streams.peak <= 2  # refusals ended streams; never more open than slots
+    finally:
+        srv.stop()
+
+
 def test_a_client_with_a_timeout_sends_search_calls(server):
     with Client(server.target, timeout=30) as c:
         xb = _fill(c)

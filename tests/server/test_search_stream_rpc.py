@@ -121,31 +121,56 @@ def test_no_stream_is_served_with_search_streams_zero(tmp_path):
         srv.stop()
 
 
-def test_a_stopping_server_ends_its_streams_after_their_next_answer(tmp_path):
-    from simdex.server.calls import CommitGate
+def test_a_stop_cancels_a_stream_waiting_for_its_next_request_at_once(tmp_path):
+    """A stream nobody sends on does not hold a stop for its grace period: the drain cancels it."""
+    import time
+
+    from simdex.server.calls import CommitGate, graceful_stop
 
     gate = CommitGate()
     srv = InProcessServer(tmp_path / "srv", gate=gate)
     try:
         stub = pb_grpc.SimdexStub(grpc.insecure_channel(srv.target))
         stub.CreateCollection(pb.CreateCollectionRequest(name="c", dim=D))
-        stub.Upsert(iter([pb.UpsertRequest(collection="c", ids=["a"], vectors=matrix(np.ones((1, D))))]))
-        req = pb.SearchRequest(collection="c", queries=matrix(np.ones((1, D))), k=1)
-        sent = [req]
-        more = threading.Event()
+        call, release = _open_stream(stub)
+        t0 = time.monotonic()
+        graceful_stop(srv.server, gate, grace=20.0)
+        took = time.monotonic() - t0
+        with pytest.raises(grpc.RpcError) as ei:
+            next(call)
+        assert ei.value.code() == grpc.StatusCode.CANCELLED
+        assert took < 5, f"the stop waited {took:.1f} s for an idle stream"
+        release.set()
+    finally:
+        srv.service.close()
 
-        def requests():
-            yield sent[0]
-            more.wait()
-            yield req
-            yield req
 
-        call = stub.SearchStream(requests())
-        assert next(call).results[0].ids == ["a"]
-        gate.drain()  # graceful_stop's first step
-        more.set()
-        rest = list(call)  # the request read while draining is answered, then the stream ends with OK
-        assert len(rest) == 1 and rest[0].results[0].ids == ["a"]
-        assert call.code() == grpc.StatusCode.OK
+def test_a_stream_gives_its_place_back_however_it_ends(tmp_path):
+    import time
+
+    srv = InProcessServer(tmp_path / "srv", search_streams=1)
+    try:
+        stub = pb_grpc.SimdexStub(grpc.insecure_channel(srv.target))
+        stub.CreateCollection(pb.CreateCollectionRequest(name="c", dim=D))
+        ok = pb.SearchRequest(collection="c", queries=matrix(np.zeros((1, D), np.float32)), k=1)
+        bad = pb.SearchRequest(collection="c", queries=matrix(np.zeros((1, D + 1), np.float32)), k=1)
+
+        def served() -> bool:  # a new stream is admitted (a refusal is RESOURCE_EXHAUSTED)
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    return len(list(stub.SearchStream(iter([ok])))) == 1
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+        with pytest.raises(grpc.RpcError):  # ended by an error of its request
+            list(stub.SearchStream(iter([ok, bad])))
+        assert served()
+        call, release = _open_stream(stub)  # cancelled by the client while the server waits for a request
+        call.cancel()
+        assert served()
+        release.set()
     finally:
         srv.stop()
