@@ -70,8 +70,11 @@ def test_errors_over_a_stream_are_those_of_search_and_the_next_search_works(serv
 
 
 def test_an_idle_stream_is_closed_and_its_server_place_freed(tmp_path, monkeypatch):
+    from simdex.server.calls import CommitGate
+
     monkeypatch.setattr(defaults, "CLIENT_STREAM_IDLE_S", 0.2)
-    srv = InProcessServer(tmp_path / "srv", search_streams=1)
+    gate = CommitGate()
+    srv = InProcessServer(tmp_path / "srv", search_streams=1, gate=gate)
     try:
         with Client(srv.target) as a, Client(srv.target) as b:
             xb = _fill(a)
@@ -83,7 +86,9 @@ def test_an_idle_stream_is_closed_and_its_server_place_freed(tmp_path, monkeypat
                 time.sleep(0.05)
             assert not streams.idle  # half-closed after 0.2-0.4 s idle
             unary = _count_search_calls(b)
-            time.sleep(0.2)  # the server's handler has ended: its one place is free for b
+            while gate._waiting and time.monotonic() < deadline:  # the server's handler has seen the half-close
+                time.sleep(0.01)
+            time.sleep(0.1)  # and given its one place back, for b
             assert b.search("c", xb[:1], 1).ids == [["v0"]]
             assert unary == [] and b._transport._streams.opened == 1
     finally:

@@ -133,6 +133,10 @@ def test_a_stop_cancels_a_stream_waiting_for_its_next_request_at_once(tmp_path):
         stub = pb_grpc.SimdexStub(grpc.insecure_channel(srv.target))
         stub.CreateCollection(pb.CreateCollectionRequest(name="c", dim=D))
         call, release = _open_stream(stub)
+        deadline = time.monotonic() + 5
+        while not gate._waiting and time.monotonic() < deadline:  # its handler is back waiting for a request
+            time.sleep(0.01)
+        assert len(gate._waiting) == 1
         t0 = time.monotonic()
         graceful_stop(srv.server, gate, grace=20.0)
         took = time.monotonic() - t0
