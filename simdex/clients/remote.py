@@ -187,19 +187,15 @@ class RemoteTransport:
         """One search of the coalescer (the rows of the searches of several callers with equal `key`): over a
         SearchStream, or a Search call when there is none to be had (simdex.clients.search_stream)."""
         name, k, _, filter, params, head = key  # noqa: A001
+        req = convert.search_request_to_pb(name, queries, k, filter=filter, params=params, head=head)
         if self._streams is not None and self._streams.usable():
-            req = convert.search_request_to_pb(name, queries, k, filter=filter, params=params, head=head)
             try:
-                answer = self._streams.send(req)
+                return convert.search_response_from_pb(self._streams.send(req), False)
             except StreamLost as exc:
-                if self._streams.shut and exc.cause is not None:  # the Client was closed meanwhile
-                    raise status_error(exc.cause) from None
                 LOG.debug("search sent as a Search call: %s", exc)
             except grpc.RpcError as exc:
                 raise status_error(exc) from None
-            else:
-                return convert.search_response_from_pb(answer, False)
-        return self._search_call(name, queries, k, filter=filter, params=params, head=head)
+        return self._call(self.stub.Search, req, lambda r: convert.search_response_from_pb(r, False))
 
     def cluster(self, name, spec, page_size, page_token):
         req = convert.cluster_request_to_pb(name, spec, page_size, page_token)

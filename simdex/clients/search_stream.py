@@ -35,12 +35,7 @@ MAX_AGE_S = 10.0  # a stream is closed after its answer once this old, so that r
 
 
 class StreamLost(Exception):
-    """No stream answered; nothing of the request was done that matters (searches store nothing). `cause` is the
-    stream's error, if it had one."""
-
-    def __init__(self, message: str, cause: grpc.RpcError | None = None):
-        super().__init__(message)
-        self.cause = cause
+    """No stream answered; nothing of the request was done that matters (searches store nothing)."""
 
 
 class _Stream:
@@ -104,9 +99,9 @@ class SearchStreams:
             self._end(stream)
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED or STREAMS_FULL in dict(exc.trailing_metadata() or ()):
                 self._paused_until = time.monotonic() + PAUSE_S
-                raise StreamLost(exc.details(), exc) from None
-            if exc.code() in LOST and (stream.answered or self.shut):
-                raise StreamLost(exc.details(), exc) from None
+                raise StreamLost(exc.details()) from None
+            if exc.code() in LOST and stream.answered and not self.shut:  # not when the Client itself was closed
+                raise StreamLost(exc.details()) from None
             raise
         except BaseException:  # interrupted while waiting: the stream's answer would go to the next sender
             self._end(stream)
@@ -114,11 +109,11 @@ class SearchStreams:
         with self.lock:
             stream.answered += 1
             stream.busy, stream.last = False, time.monotonic()
-            if stream.last - stream.born < MAX_AGE_S and not self.shut:
+            keep = stream.last - stream.born < MAX_AGE_S and not self.shut
+            if keep:
                 self.idle.append(stream)
-                return response
-            self.retire(stream)
-        stream.queue.put(None)
+        if not keep:
+            self._end(stream)
         return response
 
     def _take(self) -> _Stream:
@@ -160,7 +155,5 @@ class SearchStreams:
         with self.lock:
             self.shut = True
             idle = list(self.idle)
-            for s in idle:
-                self.retire(s)
         for s in idle:
-            s.queue.put(None)
+            self._end(s)

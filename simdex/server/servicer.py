@@ -38,7 +38,7 @@ class SimdexServicer(pb_grpc.SimdexServicer):
         self.max_bytes = max_message_bytes
         self.gate = gate or CommitGate()
         self.search_streams = search_streams  # SearchStream calls open at once, each holding a worker thread
-        self._streams = threading.BoundedSemaphore(search_streams) if search_streams > 0 else threading.Semaphore(0)
+        self._streams = threading.BoundedSemaphore(max(0, search_streams))
 
     def _too_large(self, size: int, what: str, would: str = "would be") -> ResourceExhausted:
         return ResourceExhausted(
