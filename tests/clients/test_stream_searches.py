@@ -110,7 +110,9 @@ def test_when_the_server_has_no_stream_free_the_client_sends_search_calls(tmp_pa
         srv.stop()
 
 
-def test_a_stop_is_not_held_up_by_a_clients_idle_stream(tmp_path, monkeypatch):
+def test_a_stop_is_not_held_up_by_a_clients_idle_stream(tmp_path, monkeypatch, caplog):
+    import logging
+
     from simdex.server.calls import CommitGate, graceful_stop
 
     monkeypatch.setattr(defaults, "CLIENT_STREAM_IDLE_S", 0.2)
@@ -119,11 +121,10 @@ def test_a_stop_is_not_held_up_by_a_clients_idle_stream(tmp_path, monkeypatch):
     with Client(srv.target) as c:
         xb = _fill(c)
         c.search("c", xb[:1], 1)
-        t0 = time.monotonic()
+        caplog.set_level(logging.INFO, logger="simdex.server.calls")
         graceful_stop(srv.server, gate, grace=20.0)
-        took = time.monotonic() - t0
     srv.service.close()
-    assert took < 5, f"the stop waited {took:.1f} s for an idle stream"
+    assert "grace period" not in caplog.text, "the stop waited out its grace for an idle stream"
 
 
 def test_after_a_drain_the_client_sends_search_calls(tmp_path):

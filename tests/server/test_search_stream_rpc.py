@@ -121,8 +121,10 @@ def test_no_stream_is_served_with_search_streams_zero(tmp_path):
         srv.stop()
 
 
-def test_a_stop_cancels_a_stream_waiting_for_its_next_request_at_once(tmp_path):
-    """A stream nobody sends on does not hold a stop for its grace period: the drain cancels it."""
+def test_a_stop_cancels_a_stream_waiting_for_its_next_request_at_once(tmp_path, caplog):
+    """A stream nobody sends on does not hold a stop for its grace period: the drain cancels it, so the calls end
+    within the grace and the stop never has to cut them."""
+    import logging
     import time
 
     from simdex.server.calls import CommitGate, graceful_stop
@@ -137,13 +139,12 @@ def test_a_stop_cancels_a_stream_waiting_for_its_next_request_at_once(tmp_path):
         while not gate._waiting and time.monotonic() < deadline:  # its handler is back waiting for a request
             time.sleep(0.01)
         assert len(gate._waiting) == 1
-        t0 = time.monotonic()
+        caplog.set_level(logging.INFO, logger="simdex.server.calls")
         graceful_stop(srv.server, gate, grace=20.0)
-        took = time.monotonic() - t0
         with pytest.raises(grpc.RpcError) as ei:
             next(call)
         assert ei.value.code() == grpc.StatusCode.CANCELLED
-        assert took < 5, f"the stop waited {took:.1f} s for an idle stream"
+        assert "grace period" not in caplog.text, "the stop waited out its grace for an idle stream"
         release.set()
     finally:
         srv.service.close()
