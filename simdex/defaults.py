@@ -17,6 +17,10 @@ CLIENT_STREAM_IDLE_S = 1.0
 # SearchStream calls a server keeps open at once (simdex serve --search-streams); its thread pool has this many
 # threads more than its workers, so that open streams never take a thread from other calls. 0: none (Search only).
 SEARCH_STREAMS = 8
+# A SearchStream that waits this many seconds for its next request is cancelled (simdex serve --stream-idle-s;
+# 0: never), so that streams opened and left idle cannot hold every place. The Python client half-closes its own
+# idle streams after CLIENT_STREAM_IDLE_S.
+SERVER_STREAM_IDLE_S = 30.0
 # The lookup web page's largest upload (simdex web --max-upload-mb; 413 above).
 MAX_UPLOAD_MB = 64.0
 

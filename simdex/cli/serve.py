@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from simdex import limits as lim
-from simdex.defaults import MAX_MESSAGE_MB, SEARCH_STREAMS, SNAPSHOT_INTERVAL_S
+from simdex.defaults import MAX_MESSAGE_MB, SEARCH_STREAMS, SERVER_STREAM_IDLE_S, SNAPSHOT_INTERVAL_S
 
 EXTRAS_HINT = ("simdex serve needs the server extra: pip install 'simdex[server,cpu]' "
                "(or 'simdex[server,gpu]' on a GPU host)")
@@ -28,6 +28,13 @@ def _not_negative(text: str) -> int:
     return n
 
 
+def _seconds(text: str) -> float:
+    x = float(text)
+    if not x >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return x
+
+
 def cmd_serve(args) -> int:
     try:
         from simdex.server.app import Tls, serve  # noqa: PLC0415
@@ -45,7 +52,7 @@ def cmd_serve(args) -> int:
     serve(args.data, args.host, args.port, args.db, args.token_file, tls, args.max_message_mb,
           args.snapshot_interval, weights_map(args.weights), args.device, limits=limits, tokens_file=args.tokens_file,
           metrics_port=args.metrics_port, metrics_host=args.metrics_host, search_backend=args.search_backend,
-          search_streams=args.search_streams)
+          search_streams=args.search_streams, stream_idle_s=args.stream_idle_s)
     return 0
 
 
@@ -73,6 +80,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--search-streams", type=_not_negative, default=SEARCH_STREAMS,
                    help="SearchStream calls open at once (clients send stacked searches over them), each holding a "
                    f"thread of its own besides the workers; beyond it clients send Search calls (default {SEARCH_STREAMS})")
+    s.add_argument("--stream-idle-s", type=_seconds, default=SERVER_STREAM_IDLE_S,
+                   help="cancel a SearchStream that waits this long for its next search, freeing its place (0: never; "
+                   f"default {SERVER_STREAM_IDLE_S:g})")
     s.add_argument("--weights", action="append", metavar="NAME=FILE",
                    help="weights file of an embedder (repeatable); default: the torch hub cache ($TORCH_HOME)")
     s.add_argument("--device", help="where embedders run: cpu or cuda (default: the GPU when there is one)")

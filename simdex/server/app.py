@@ -95,11 +95,13 @@ def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str
           max_message_mb: float = defaults.MAX_MESSAGE_MB, snapshot_interval: float = defaults.SNAPSHOT_INTERVAL_S,
           weights: dict[str, str] | None = None, device: str | None = None, limits: Limits | None = None,
           tokens_file: str | None = None, metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
-          search_backend: str | None = None, search_streams: int = defaults.SEARCH_STREAMS) -> None:
+          search_backend: str | None = None, search_streams: int = defaults.SEARCH_STREAMS,
+          stream_idle_s: float = defaults.SERVER_STREAM_IDLE_S) -> None:
     """Run a server until SIGTERM/SIGINT. `weights` maps embedder names to weights files (default: the torch hub
     cache); `device` is where embedders run ("cpu", "cuda"; default: the GPU when there is one). `metrics_port`
     (0: any free one) serves Prometheus metrics at http://metrics_host:port/metrics. `search_backend`: "auto",
-    "faiss" or "torch" (None: env SIMDEX_SEARCH_BACKEND, else auto; see index.torch_ann)."""
+    "faiss" or "torch" (None: env SIMDEX_SEARCH_BACKEND, else auto; see index.torch_ann). A SearchStream waiting
+    `stream_idle_s` seconds for its next search is cancelled (0: never)."""
     try:
         tokens = from_flags(token_file, tokens_file)
     except TokensFileError as exc:
@@ -114,7 +116,7 @@ def serve(data_dir: str, host: str = "127.0.0.1", port: int = 50051, db_url: str
     except SimdexError as exc:  # a bad SIMDEX_SEARCH_BACKEND or SIMDEX_TORCH_STORAGE
         raise SystemExit(f"simdex: {exc.message}") from None
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    gate = CommitGate()
+    gate = CommitGate(stream_idle_s)
     metrics = Metrics() if metrics_port is not None else None
     try:
         server, bound, health_servicer = create_server(service, address, tls=tls, max_message_mb=max_message_mb,

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import grpc
 
+from simdex import defaults
 from simdex.errors import DeadlineExceeded, SimdexError, Unavailable
 
 LOG = logging.getLogger(__name__)
@@ -54,14 +55,23 @@ class CommitGate:
 
     `guard(context, what)` is the commit guard a servicer installs for a write (see
     `simdex.service.collection.commit_guard`): a context manager entered right before the commit, under the
-    collection's write lock, that raises instead when the call is gone or the gate is closed."""
+    collection's write lock, that raises instead when the call is gone or the gate is closed.
 
-    def __init__(self):
+    It also watches the long-lived streams waiting for their next request (`next_request`): a stop ends them
+    (`drain`), and one that waited `stream_idle_s` seconds (0: no limit) is cancelled, so that peers which open
+    streams and send nothing cannot hold every stream place while their connection lives."""
+
+    def __init__(self, stream_idle_s: float = defaults.SERVER_STREAM_IDLE_S, clock=time.monotonic):
+        if stream_idle_s < 0:
+            raise ValueError(f"stream_idle_s must be >= 0 (0: no limit), got {stream_idle_s}")
         self._cond = threading.Condition()
         self._closed = False
         self._active = 0
         self.draining = False  # the stop has begun: streams of searches end
-        self._waiting: set = set()  # contexts of streams waiting for their next request
+        self.stream_idle_s = stream_idle_s
+        self._clock = clock
+        self._waiting: dict = {}  # context of a stream waiting for its next request -> when it began to wait
+        self._reaper: threading.Thread | None = None
 
     def drain(self) -> None:
         """The server is stopping: calls in flight may finish, but long-lived streams end now: those waiting for
@@ -69,21 +79,53 @@ class CommitGate:
         with self._cond:
             self.draining = True
             waiting = list(self._waiting)
+            self._cond.notify_all()
         for context in waiting:
             context.cancel()
 
     def next_request(self, requests, context):
         """The next message of a long-lived request stream, or None when it ended or the server is draining (a
-        drain cancels the read). Raises grpc.RpcError when the call was cancelled."""
+        drain cancels the read). Raises grpc.RpcError when the call was cancelled (by its peer, a drain, or
+        because it waited longer than `stream_idle_s`)."""
         with self._cond:
             if self.draining:
                 return None
-            self._waiting.add(context)
+            self._waiting[context] = self._clock()
+            if self.stream_idle_s and self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="simdex-idle-streams", daemon=True)
+                self._reaper.start()
         try:
             return next(requests, None)
         finally:
             with self._cond:
-                self._waiting.discard(context)
+                self._waiting.pop(context, None)
+
+    def cut_idle(self) -> int:
+        """Cancel the streams that have waited `stream_idle_s` or longer for their next request; how many."""
+        if not self.stream_idle_s:
+            return 0
+        with self._cond:
+            oldest = self._clock() - self.stream_idle_s
+            idle = [c for c, since in self._waiting.items() if since <= oldest]
+            for context in idle:  # a cancelled read ends its wait now; it is not cut twice
+                del self._waiting[context]
+        for context in idle:
+            context.cancel()
+        if idle:
+            LOG.info("cancelled %d search stream(s) idle for %.3g s or more", len(idle), self.stream_idle_s)
+        return len(idle)
+
+    def _reap(self) -> None:
+        """Cut idle streams every quarter of the limit (at most a second apart) while any stream waits; a stream
+        that waits later starts it again."""
+        step = min(1.0, self.stream_idle_s / 4)
+        while True:
+            with self._cond:
+                self._cond.wait(step)
+                if self.draining or not self._waiting:
+                    self._reaper = None
+                    return
+            self.cut_idle()
 
     def guard(self, context, what: str):
         @contextmanager

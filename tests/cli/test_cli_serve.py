@@ -50,3 +50,18 @@ def test_missing_module_follows_reraised_import_errors():
     except ImportError as exc:
         assert missing_module(exc) == "simdex_no_such_module"
     assert missing_module(ImportError("no name")) is None
+
+
+def test_serve_reads_its_stream_flags_and_refuses_negative_ones(capsys):
+    from simdex.cli.main import build_parser
+    from simdex.defaults import SEARCH_STREAMS, SERVER_STREAM_IDLE_S
+
+    parser = build_parser()
+    args = parser.parse_args(["serve"])
+    assert (args.search_streams, args.stream_idle_s) == (SEARCH_STREAMS, SERVER_STREAM_IDLE_S)
+    args = parser.parse_args(["serve", "--search-streams", "0", "--stream-idle-s", "2.5"])
+    assert (args.search_streams, args.stream_idle_s) == (0, 2.5)
+    for flag, value in (("--search-streams", "-1"), ("--stream-idle-s", "-0.5"), ("--stream-idle-s", "nan")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", flag, value])
+        assert flag in capsys.readouterr().err

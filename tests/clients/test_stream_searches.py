@@ -95,6 +95,31 @@ def test_an_idle_stream_is_closed_and_its_server_place_freed(tmp_path, monkeypat
         srv.stop()
 
 
+def test_a_stream_the_server_cut_for_idling_is_replaced_by_a_new_one(tmp_path, monkeypatch):
+    """A server whose --stream-idle-s is shorter than the client's idle close cancels the client's idle stream;
+    the next search opens another stream (not a Search call, not an error)."""
+    from simdex.server.calls import CommitGate
+
+    monkeypatch.setattr(defaults, "CLIENT_STREAM_IDLE_S", 60.0)
+    gate = CommitGate(stream_idle_s=0.2)  # two places: the new stream need not wait for the cut one's
+    srv = InProcessServer(tmp_path / "srv", search_streams=2, gate=gate)
+    try:
+        with Client(srv.target) as c:
+            xb = _fill(c)
+            assert c.search("c", xb[:1], 1).ids == [["v0"]]
+            streams = c._transport._streams
+            [cut] = streams.idle
+            deadline = time.monotonic() + 5
+            while not cut.responses.done() and time.monotonic() < deadline:  # the server's cancel reached it
+                time.sleep(0.02)
+            assert cut.responses.done()
+            unary = _count_search_calls(c)
+            assert c.search("c", xb[1:2], 1).ids == [["v1"]]
+            assert unary == [] and streams.opened == 2 and cut not in streams.idle
+    finally:
+        srv.stop()
+
+
 def test_when_the_server_has_no_stream_free_the_client_sends_search_calls(tmp_path):
     srv = InProcessServer(tmp_path / "srv", search_streams=0)
     try:

@@ -139,3 +139,92 @@ def test_a_stream_past_its_deadline_stores_nothing(gated):
         assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     time.sleep(0.5)
     assert srv.service.count("c") == 0
+
+
+class WaitingContext(FakeContext):
+    """A stream's context whose cancel() ends the read its handler is blocked in, as gRPC's does."""
+
+    def __init__(self):
+        super().__init__()
+        self.cancelled = threading.Event()
+
+    def cancel(self):
+        self.active = False
+        self.cancelled.set()
+
+
+def _blocked_read(gate, context, sent: threading.Event):
+    """Run gate.next_request in a thread on a request iterator that yields once `sent` is set, or raises as a
+    cancelled read does; returns the thread and the list its outcome lands in."""
+    out = []
+
+    def requests():
+        while not (sent.is_set() or context.cancelled.is_set()):
+            time.sleep(0.005)
+        if context.cancelled.is_set():
+            raise grpc.RpcError()
+        sent.clear()
+        yield "request"
+
+    def run():
+        try:
+            out.append(gate.next_request(requests(), context))
+        except grpc.RpcError:
+            out.append("cancelled")
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def _until(predicate, what):
+    deadline = time.monotonic() + 5
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
+def test_only_streams_idle_for_the_limit_are_cut_each_wait_timed_afresh():
+    now = [100.0]
+    gate = CommitGate(stream_idle_s=10.0, clock=lambda: now[0])
+    gate._reaper = threading.current_thread()  # no background reaper: this test calls cut_idle itself
+    idle, busy = WaitingContext(), WaitingContext()
+    t_idle, out_idle = _blocked_read(gate, idle, threading.Event())
+    _until(lambda: idle in gate._waiting, "the idle stream's read never began")
+    now[0] = 105.0
+    sent = threading.Event()
+    t_busy, out_busy = _blocked_read(gate, busy, sent)  # begins waiting 5 s later
+    _until(lambda: busy in gate._waiting, "the busy stream's read never began")
+    now[0] = 109.9
+    assert gate.cut_idle() == 0 and not idle.cancelled.is_set()
+    now[0] = 110.0
+    assert gate.cut_idle() == 1
+    t_idle.join(5)
+    assert out_idle == ["cancelled"] and not busy.cancelled.is_set()
+    sent.set()  # the busy stream's request arrives: its next wait starts its clock again
+    t_busy.join(5)
+    assert out_busy == ["request"] and busy not in gate._waiting
+    t_busy, out_busy = _blocked_read(gate, busy, sent)
+    _until(lambda: busy in gate._waiting, "the busy stream's second read never began")
+    now[0] = 119.9  # 14.9 s after it first waited, 9.9 s into this wait
+    assert gate.cut_idle() == 0
+    now[0] = 120.0
+    assert gate.cut_idle() == 1
+    t_busy.join(5)
+    assert out_busy == ["cancelled"]
+    assert gate.cut_idle() == 0  # a cut stream is not cut twice
+
+
+def test_no_idle_limit_cuts_nothing():
+    now = [0.0]
+    gate = CommitGate(stream_idle_s=0, clock=lambda: now[0])
+    ctx = WaitingContext()
+    t, out = _blocked_read(gate, ctx, threading.Event())
+    _until(lambda: ctx in gate._waiting, "the read never began")
+    now[0] = 1e9
+    assert gate.cut_idle() == 0 and gate._reaper is None
+    gate.drain()  # a stop still cancels it
+    t.join(5)
+    assert out == ["cancelled"]
+    with pytest.raises(ValueError, match="stream_idle_s"):
+        CommitGate(stream_idle_s=-1)

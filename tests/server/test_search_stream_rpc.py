@@ -77,7 +77,7 @@ def test_an_error_ends_the_stream_with_the_status_search_gives_it(filled):
         assert dict(ei.value.trailing_metadata() or ()).get(convert.ITEM_KEY) == item
 
 
-def _open_stream(stub):
+def _open_stream(stub, timeout=None):
     """A stream with one answered request, held open (its request iterator waits) until `release` is set."""
     release, answered = threading.Event(), threading.Event()
     req = pb.SearchRequest(collection="c", queries=matrix(np.zeros((1, D), np.float32)), k=1)
@@ -87,7 +87,7 @@ def _open_stream(stub):
         answered.wait()
         release.wait()
 
-    call = stub.SearchStream(requests())
+    call = stub.SearchStream(requests(), timeout=timeout)
     next(call)
     answered.set()
     return call, release
@@ -150,9 +150,22 @@ def test_a_stop_cancels_a_stream_waiting_for_its_next_request_at_once(tmp_path, 
         srv.service.close()
 
 
-def test_a_stream_gives_its_place_back_however_it_ends(tmp_path):
+def served(stub, request) -> bool:
+    """A new stream is admitted and answers `request` (retried while refused RESOURCE_EXHAUSTED: a closed stream's
+    handler gives its place back just after its client saw the end)."""
     import time
 
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            return len(list(stub.SearchStream(iter([request])))) == 1
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_a_stream_gives_its_place_back_however_it_ends(tmp_path):
     srv = InProcessServer(tmp_path / "srv", search_streams=1)
     try:
         stub = pb_grpc.SimdexStub(grpc.insecure_channel(srv.target))
@@ -160,22 +173,31 @@ def test_a_stream_gives_its_place_back_however_it_ends(tmp_path):
         ok = pb.SearchRequest(collection="c", queries=matrix(np.zeros((1, D), np.float32)), k=1)
         bad = pb.SearchRequest(collection="c", queries=matrix(np.zeros((1, D + 1), np.float32)), k=1)
 
-        def served() -> bool:  # a new stream is admitted (a refusal is RESOURCE_EXHAUSTED)
-            deadline = time.monotonic() + 5
-            while True:
-                try:
-                    return len(list(stub.SearchStream(iter([ok])))) == 1
-                except grpc.RpcError as exc:
-                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-
         with pytest.raises(grpc.RpcError):  # ended by an error of its request
             list(stub.SearchStream(iter([ok, bad])))
-        assert served()
+        assert served(stub, ok)
         call, release = _open_stream(stub)  # cancelled by the client while the server waits for a request
         call.cancel()
-        assert served()
+        assert served(stub, ok)
+        release.set()
+    finally:
+        srv.stop()
+
+
+def test_a_stream_left_idle_past_the_servers_limit_is_cancelled_and_its_place_freed(tmp_path):
+    """A peer that opens a stream and sends nothing more cannot keep its place: past --stream-idle-s the server
+    cancels it (the client's own deadline, 60 s, would end it as DEADLINE_EXCEEDED instead)."""
+    from simdex.server.calls import CommitGate
+
+    srv = InProcessServer(tmp_path / "srv", search_streams=1, gate=CommitGate(stream_idle_s=0.3))
+    try:
+        stub = pb_grpc.SimdexStub(grpc.insecure_channel(srv.target))
+        stub.CreateCollection(pb.CreateCollectionRequest(name="c", dim=D))
+        call, release = _open_stream(stub, timeout=60)
+        with pytest.raises(grpc.RpcError) as ei:
+            next(call)
+        assert ei.value.code() == grpc.StatusCode.CANCELLED
+        assert served(stub, pb.SearchRequest(collection="c", queries=matrix(np.zeros((1, D), np.float32)), k=1))
         release.set()
     finally:
         srv.stop()
