@@ -28,10 +28,11 @@ def _not_negative(text: str) -> int:
     return n
 
 
-def _seconds(text: str) -> float:
+def _idle_limit(text: str) -> float:
+    """0 (never), or at least a second: a shorter limit would cut streams between an answer and the next search."""
     x = float(text)
-    if not x >= 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    if not (x == 0 or 1 <= x < float("inf")):  # NaN too
+        raise argparse.ArgumentTypeError(f"must be 0 (never) or a finite number of seconds >= 1, got {text}")
     return x
 
 
@@ -80,7 +81,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--search-streams", type=_not_negative, default=SEARCH_STREAMS,
                    help="SearchStream calls open at once (clients send stacked searches over them), each holding a "
                    f"thread of its own besides the workers; beyond it clients send Search calls (default {SEARCH_STREAMS})")
-    s.add_argument("--stream-idle-s", type=_seconds, default=SERVER_STREAM_IDLE_S,
+    s.add_argument("--stream-idle-s", type=_idle_limit, default=SERVER_STREAM_IDLE_S,
                    help="cancel a SearchStream that waits this long for its next search, freeing its place (0: never; "
                    f"default {SERVER_STREAM_IDLE_S:g})")
     s.add_argument("--weights", action="append", metavar="NAME=FILE",

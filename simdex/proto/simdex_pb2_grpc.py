@@ -202,7 +202,9 @@ class SimdexServicer:
         ends one busy with a request with OK after its answer (send the rest as Search calls, or to another server);
         it refuses a stream beyond its `--search-streams` with RESOURCE_EXHAUSTED and the trailing metadata
         `simdex-streams: full`: send Search calls then. Half-close the stream when idle: each open stream holds one of
-        the server's threads, and one that waits `--stream-idle-s` (30 s) for its next request is cancelled.
+        the server's threads, and the server cancels (plain CANCELLED, no trailing metadata) one that waits
+        `--stream-idle-s` (30 s; 0: never) for its next request; a request sent just as that cut comes is not
+        answered: send it again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -85,7 +85,9 @@ class SimdexStub:
     ends one busy with a request with OK after its answer (send the rest as Search calls, or to another server);
     it refuses a stream beyond its `--search-streams` with RESOURCE_EXHAUSTED and the trailing metadata
     `simdex-streams: full`: send Search calls then. Half-close the stream when idle: each open stream holds one of
-    the server's threads, and one that waits `--stream-idle-s` (30 s) for its next request is cancelled.
+    the server's threads, and the server cancels (plain CANCELLED, no trailing metadata) one that waits
+    `--stream-idle-s` (30 s; 0: never) for its next request; a request sent just as that cut comes is not
+    answered: send it again.
     """
     Cluster: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.ClusterRequest, _simdex_pb2.ClusterResponse]
     TrainHead: _grpc.UnaryUnaryMultiCallable[_simdex_pb2.TrainHeadRequest, _simdex_pb2.Head]
@@ -119,7 +121,9 @@ class SimdexAsyncStub(SimdexStub):
     ends one busy with a request with OK after its answer (send the rest as Search calls, or to another server);
     it refuses a stream beyond its `--search-streams` with RESOURCE_EXHAUSTED and the trailing metadata
     `simdex-streams: full`: send Search calls then. Half-close the stream when idle: each open stream holds one of
-    the server's threads, and one that waits `--stream-idle-s` (30 s) for its next request is cancelled.
+    the server's threads, and the server cancels (plain CANCELLED, no trailing metadata) one that waits
+    `--stream-idle-s` (30 s; 0: never) for its next request; a request sent just as that cut comes is not
+    answered: send it again.
     """
     Cluster: _aio.UnaryUnaryMultiCallable[_simdex_pb2.ClusterRequest, _simdex_pb2.ClusterResponse]  # type: ignore[assignment]
     TrainHead: _aio.UnaryUnaryMultiCallable[_simdex_pb2.TrainHeadRequest, _simdex_pb2.Head]  # type: ignore[assignment]
@@ -210,7 +214,9 @@ class SimdexServicer(metaclass=_abc_1.ABCMeta):
         ends one busy with a request with OK after its answer (send the rest as Search calls, or to another server);
         it refuses a stream beyond its `--search-streams` with RESOURCE_EXHAUSTED and the trailing metadata
         `simdex-streams: full`: send Search calls then. Half-close the stream when idle: each open stream holds one of
-        the server's threads, and one that waits `--stream-idle-s` (30 s) for its next request is cancelled.
+        the server's threads, and the server cancels (plain CANCELLED, no trailing metadata) one that waits
+        `--stream-idle-s` (30 s; 0: never) for its next request; a request sent just as that cut comes is not
+        answered: send it again.
         """
 
     @_abc_1.abstractmethod

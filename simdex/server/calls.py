@@ -62,9 +62,11 @@ class CommitGate:
     streams and send nothing cannot hold every stream place while their connection lives."""
 
     def __init__(self, stream_idle_s: float = defaults.SERVER_STREAM_IDLE_S, clock=time.monotonic):
-        if stream_idle_s < 0:
-            raise ValueError(f"stream_idle_s must be >= 0 (0: no limit), got {stream_idle_s}")
-        self._cond = threading.Condition()
+        if not 0 <= stream_idle_s < float("inf"):
+            raise ValueError(f"stream_idle_s must be a finite number of seconds >= 0 (0: no limit), got {stream_idle_s}")
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # commits admitted and finished
+        self._tick = threading.Condition(lock)  # the idle-stream reaper's wake-ups (a drain), not every commit's
         self._closed = False
         self._active = 0
         self.draining = False  # the stop has begun: streams of searches end
@@ -79,26 +81,37 @@ class CommitGate:
         with self._cond:
             self.draining = True
             waiting = list(self._waiting)
-            self._cond.notify_all()
+            self._tick.notify_all()
         for context in waiting:
             context.cancel()
 
     def next_request(self, requests, context):
         """The next message of a long-lived request stream, or None when it ended or the server is draining (a
         drain cancels the read). Raises grpc.RpcError when the call was cancelled (by its peer, a drain, or
-        because it waited longer than `stream_idle_s`)."""
+        because it waited `stream_idle_s` or longer; a request read as that cut came is dropped: None)."""
+        reaper = None
         with self._cond:
             if self.draining:
                 return None
             self._waiting[context] = self._clock()
             if self.stream_idle_s and self._reaper is None:
-                self._reaper = threading.Thread(target=self._reap, name="simdex-idle-streams", daemon=True)
-                self._reaper.start()
+                self._reaper = reaper = threading.Thread(target=self._reap, name="simdex-idle-streams", daemon=True)
         try:
-            return next(requests, None)
+            if reaper is not None:  # started outside the lock, which commits take
+                self._start(reaper)
+            request = next(requests, None)
         finally:
             with self._cond:
-                self._waiting.pop(context, None)
+                mine = self._waiting.pop(context, None) is not None
+        return request if mine else None  # not mine: cut_idle took it and cancelled the call, nobody reads an answer
+
+    def _start(self, reaper: threading.Thread) -> None:
+        try:
+            reaper.start()
+        except BaseException:
+            with self._cond:
+                self._reaper = None
+            raise
 
     def cut_idle(self) -> int:
         """Cancel the streams that have waited `stream_idle_s` or longer for their next request; how many."""
@@ -116,12 +129,12 @@ class CommitGate:
         return len(idle)
 
     def _reap(self) -> None:
-        """Cut idle streams every quarter of the limit (at most a second apart) while any stream waits; a stream
-        that waits later starts it again."""
-        step = min(1.0, self.stream_idle_s / 4)
+        """Cut idle streams every quarter of the limit (50 ms to 1 s apart) while any stream waits; a stream that
+        waits later starts it again."""
+        step = max(0.05, min(1.0, self.stream_idle_s / 4))
         while True:
             with self._cond:
-                self._cond.wait(step)
+                self._tick.wait(step)
                 if self.draining or not self._waiting:
                     self._reaper = None
                     return

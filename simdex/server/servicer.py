@@ -119,7 +119,7 @@ class SimdexServicer(pb_grpc.SimdexServicer):
         """Each request answered in turn as Search answers it; the first that Search would refuse ends the stream
         with its status. A stopping server cancels a stream waiting for its next request, and ends one busy with a
         request with OK after its answer; refused RESOURCE_EXHAUSTED (trailing `simdex-streams: full`) beyond the
-        server's streams."""
+        server's streams; cancelled after waiting the gate's `stream_idle_s` for a request (CommitGate.cut_idle)."""
         if not self._streams.acquire(blocking=False):
             context.set_trailing_metadata(((STREAMS_FULL, "full"),))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,

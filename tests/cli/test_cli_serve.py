@@ -61,7 +61,9 @@ def test_serve_reads_its_stream_flags_and_refuses_negative_ones(capsys):
     assert (args.search_streams, args.stream_idle_s) == (SEARCH_STREAMS, SERVER_STREAM_IDLE_S)
     args = parser.parse_args(["serve", "--search-streams", "0", "--stream-idle-s", "2.5"])
     assert (args.search_streams, args.stream_idle_s) == (0, 2.5)
-    for flag, value in (("--search-streams", "-1"), ("--stream-idle-s", "-0.5"), ("--stream-idle-s", "nan")):
+    assert parser.parse_args(["serve", "--stream-idle-s", "0"]).stream_idle_s == 0
+    for flag, value in (("--search-streams", "-1"), ("--stream-idle-s", "-0.5"), ("--stream-idle-s", "nan"),
+                        ("--stream-idle-s", "0.5"), ("--stream-idle-s", "inf")):
         with pytest.raises(SystemExit):
             parser.parse_args(["serve", flag, value])
         assert flag in capsys.readouterr().err

@@ -101,7 +101,7 @@ def test_a_stream_the_server_cut_for_idling_is_replaced_by_a_new_one(tmp_path, m
     from simdex.server.calls import CommitGate
 
     monkeypatch.setattr(defaults, "CLIENT_STREAM_IDLE_S", 60.0)
-    gate = CommitGate(stream_idle_s=0.2)  # two places: the new stream need not wait for the cut one's
+    gate = CommitGate(stream_idle_s=0.5)  # two places: the new stream need not wait for the cut one's
     srv = InProcessServer(tmp_path / "srv", search_streams=2, gate=gate)
     try:
         with Client(srv.target) as c:
@@ -113,6 +113,7 @@ def test_a_stream_the_server_cut_for_idling_is_replaced_by_a_new_one(tmp_path, m
             while not cut.responses.done() and time.monotonic() < deadline:  # the server's cancel reached it
                 time.sleep(0.02)
             assert cut.responses.done()
+            gate.stream_idle_s = 0  # no more cuts: a stalled machine must not cut the new stream before its search
             unary = _count_search_calls(c)
             assert c.search("c", xb[1:2], 1).ids == [["v1"]]
             assert unary == [] and streams.opened == 2 and cut not in streams.idle

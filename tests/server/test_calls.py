@@ -226,5 +226,49 @@ def test_no_idle_limit_cuts_nothing():
     gate.drain()  # a stop still cancels it
     t.join(5)
     assert out == ["cancelled"]
-    with pytest.raises(ValueError, match="stream_idle_s"):
-        CommitGate(stream_idle_s=-1)
+    for bad in (-1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="stream_idle_s"):
+            CommitGate(stream_idle_s=bad)
+
+
+def test_a_request_read_as_its_stream_is_cut_is_dropped():
+    """The cut and the request can cross: the call is cancelled, so the request is not searched (nobody would read
+    the answer); next_request gives None and the handler ends."""
+    now = [0.0]
+    gate = CommitGate(stream_idle_s=1.0, clock=lambda: now[0])
+    gate._reaper = threading.current_thread()  # no background reaper
+    ctx = WaitingContext()
+
+    def requests():  # the request arrives just as the cancel does
+        ctx.cancelled.wait(5)
+        yield "request"
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(gate.next_request(requests(), ctx)))
+    t.start()
+    _until(lambda: ctx in gate._waiting, "the read never began")
+    now[0] = 1.0
+    assert gate.cut_idle() == 1
+    t.join(5)
+    assert out == [None]
+
+
+def test_the_reaper_runs_only_while_a_stream_waits_and_ends_with_a_drain():
+    gate = CommitGate(stream_idle_s=0.2)  # wakes every 50 ms
+    a = WaitingContext()
+    t, out = _blocked_read(gate, a, threading.Event())
+    _until(lambda: a.cancelled.is_set(), "the idle stream was never cut")
+    t.join(5)
+    assert out == ["cancelled"]
+    _until(lambda: gate._reaper is None, "the reaper stayed on with nothing waiting")
+    b, sent = WaitingContext(), threading.Event()
+    t, out = _blocked_read(gate, b, sent)
+    _until(lambda: b in gate._waiting, "the second read never began")
+    _until(lambda: gate._reaper is not None and gate._reaper.is_alive(), "the new wait did not start the reaper")
+    reaper = gate._reaper
+    gate.stream_idle_s = 0  # no more cuts: the drain ends the rest
+    gate.drain()
+    reaper.join(5)
+    assert not reaper.is_alive()
+    t.join(5)
+    assert out == ["cancelled"] and gate._reaper is None
