@@ -37,6 +37,10 @@ HEAD_TEST_FRACTION = 0.2            # held out, stratified, seeded
 
 # Snapshots of the FAISS indexes, seconds between checks for changed collections.
 SNAPSHOT_INTERVAL_S = 30.0
+# Each snapshot pass also prunes a collection's removed-items log (the ids its deletes and replacements removed,
+# which replicas on one PostgreSQL database catch up from) to the removals of its newest this many writes; a
+# replica further behind compares its index with the live rows instead (store.items.Store.prune_removals).
+REMOVALS_KEPT_WRITES = 10_000
 
 
 def quiet_openmp() -> None:

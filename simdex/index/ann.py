@@ -296,6 +296,10 @@ class AnnIndex:
         get = self._iid_pos.get
         return np.fromiter((p for p in (get(i) for i in iids.tolist()) if p is not None), dtype=np.int64)
 
+    def live_iids(self) -> np.ndarray:
+        """(n_live,) int64: the internal ids the index holds and has not tombstoned (in no particular order)."""
+        return np.fromiter(self._iid_pos.keys(), dtype=np.int64, count=len(self._iid_pos))
+
     def mask_of(self, iids: np.ndarray) -> np.ndarray:
         mask = np.zeros(self.ntotal, dtype=bool)
         mask[self.positions(iids)] = True

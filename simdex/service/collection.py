@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from simdex import trace
+from simdex.defaults import REMOVALS_KEPT_WRITES
 from simdex.distances import BIGGER_IS_BETTER
 from simdex.index.ann import AnnIndex
 from simdex.index.backend import NCPU, SMALL_BATCH, faiss
@@ -176,7 +177,13 @@ class Collection:
         ch = self.store.changes(self.info.id, self.info.dim, self.seq, max(1, CATCH_UP_FLOATS // self.info.dim))
         if ch is None or ch.seq <= self.seq:
             return None if ch is None else False
-        self.ann.remove(ch.removed)
+        removed = ch.removed
+        if ch.live is not None:  # the removed-items log was pruned past self.seq: whatever is not live went
+            gone = np.setdiff1d(self.ann.live_iids(), ch.live)
+            LOG.info("collection %s: at seq %d, behind the pruned removals; %d removals found against the live rows",
+                     self.name, self.seq, len(gone))
+            removed = np.union1d(removed, gone)
+        self.ann.remove(removed)
         new = ~np.isin(ch.added, self.ann.iids_at(self.ann.positions(ch.added)))
         self.ann.add(ch.added[new], [e for e, n in zip(ch.ext_ids, new) if n], ch.vectors[new])
         self.seq = ch.seq
@@ -334,6 +341,12 @@ class Collection:
         return hits
 
     # ---- persistence -------------------------------------------------------------------------------------
+    def prune_removals(self, keep: int | None = None) -> int:
+        """Forget the logged removals of the writes more than `keep` (default REMOVALS_KEPT_WRITES) writes behind
+        this index; how many rows went."""
+        upto = self.seq - (REMOVALS_KEPT_WRITES if keep is None else keep)
+        return self.store.prune_removals(self.info.id, upto) if upto > 0 else 0
+
     def save_snapshot(self) -> bool:
         """Write the index to its file (atomically) if it changed since the last snapshot."""
         with self.write_lock:

@@ -46,6 +46,9 @@ class Unloadable:
     def save_snapshot(self) -> bool:
         return False  # nothing loaded, nothing to write
 
+    def prune_removals(self, keep: int | None = None) -> int:
+        return 0  # its log is pruned by a server that could open it
+
     def close(self, remove_snapshot: bool = False) -> None:
         if remove_snapshot:
             self.path.unlink(missing_ok=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from simdex.service.collections import Collections
 
 LOG = logging.getLogger(__name__)
@@ -22,13 +24,18 @@ class Snapshots:
             self._thread.start()
 
     def snapshot(self) -> int:
-        """Snapshot every collection that changed. Returns how many files were written."""
+        """Snapshot every collection that changed, and prune its removed-items log (Collection.prune_removals).
+        Returns how many files were written."""
         written = 0
         for col in self.collections.all():
             try:
                 written += col.save_snapshot()
             except OSError as exc:  # a full disk must not stop the service: the database still holds everything
                 LOG.warning("snapshot of %s failed: %s", col.name, exc)
+            try:
+                col.prune_removals()
+            except SQLAlchemyError as exc:  # a database away for a while: the next pass prunes
+                LOG.warning("pruning the removed-items log of %s failed: %s", col.name, exc)
         return written
 
     def _loop(self, interval: float) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from simdex.errors import AlreadyExists, FailedPrecondition, Internal, NotFound
 from simdex.store import filters
 from simdex.store.notify import announce
-from simdex.store.tables import CollectionRow, HeadRow, ItemRow, RemovedRow
+from simdex.store.tables import HORIZON_IID, CollectionRow, HeadRow, ItemRow, RemovedRow
 from simdex.types import Item
 from simdex.wire import to_bytes, unpack_floats
 
@@ -48,13 +48,17 @@ class CollectionRecord:
 class Changes:
     """What was committed to one collection after sequence number `after`, up to `seq`: the internal ids removed
     (deleted or replaced) and the rows added and still live. Applied in that order (removals, then additions),
-    they bring an index at `after` to `seq` (see Store.changes)."""
+    they bring an index at `after` to `seq` (see Store.changes).
+
+    When the removed-items log was pruned past `after`, `removed` may lack some removals and `live` holds every
+    live internal id instead (read after the log): whatever an index at `after` holds outside it was removed."""
     after: int
     seq: int
     removed: np.ndarray   # (m,) int64 internal ids
     added: np.ndarray     # (n,) int64 internal ids, ascending
     ext_ids: list[str]    # (n,) their external ids
     vectors: np.ndarray   # (n, dim) float32
+    live: np.ndarray | None = None  # (l,) int64: every live internal id, when `removed` may be incomplete
 
 
 @dataclass(frozen=True)
@@ -316,10 +320,60 @@ class Store:
             rows = conn.execute(select(ItemRow.iid, ItemRow.external_id, ItemRow.vector)
                                 .where(*added_after, ItemRow.seq <= seq).order_by(ItemRow.iid)).all()
             removed = conn.execute(select(RemovedRow.iid).where(
-                RemovedRow.collection_id == cid, RemovedRow.seq > after, RemovedRow.seq <= seq)).scalars().all()
+                RemovedRow.collection_id == cid, RemovedRow.iid != HORIZON_IID, RemovedRow.seq > after,
+                RemovedRow.seq <= seq)).scalars().all()
+            # Read after the log: a prune raises the horizon before it deletes anything, so a removal missing above
+            # was pruned under a horizon this read sees (prune_removals).
+            live = None
+            if self._horizon(conn, cid) > after:
+                live = np.fromiter(conn.execute(select(ItemRow.iid).where(ItemRow.collection_id == cid)).scalars(),
+                                   dtype=np.int64)
         added = np.array([r[0] for r in rows], dtype=np.int64)
         return Changes(after, int(seq), np.array(removed, dtype=np.int64), added, [r[1] for r in rows],
-                       _matrix(cid, dim, added, [r[2] for r in rows]))
+                       _matrix(cid, dim, added, [r[2] for r in rows]), live)
+
+    @staticmethod
+    def _horizon(conn, cid: int) -> int:
+        """The sequence number up to which the collection's removed-items log may have been pruned (0: never)."""
+        return conn.execute(select(RemovedRow.seq).where(
+            RemovedRow.collection_id == cid, RemovedRow.iid == HORIZON_IID)).scalar() or 0
+
+    def prune_removals(self, cid: int, upto: int) -> int:
+        """Forget the logged removals of collection `cid`'s writes up to sequence number `upto`; how many rows went.
+
+        The horizon is raised first, in a transaction of its own under the collection row's lock (ordered with
+        writes and other servers' prunes); the rows then go in chunks, each its own short transaction, so a large
+        log never holds a lock for long. A replica whose index is behind the horizon reads the live ids with its
+        next changes (Store.changes). A collection deleted meanwhile prunes nothing (NotFound is not raised)."""
+        with self.engine.connect() as conn:  # most calls find nothing to do, and write nothing
+            if conn.execute(select(RemovedRow.iid).where(
+                    RemovedRow.collection_id == cid, RemovedRow.iid != HORIZON_IID, RemovedRow.seq <= upto)
+                    .limit(1)).first() is None:
+                return 0
+        try:
+            with self.engine.begin() as conn:
+                self._lock_collection(conn, cid)
+                held = conn.execute(select(RemovedRow.seq).where(
+                    RemovedRow.collection_id == cid, RemovedRow.iid == HORIZON_IID)).scalar()
+                if held is None:
+                    conn.execute(insert(RemovedRow.__table__), [{"collection_id": cid, "iid": HORIZON_IID,
+                                                                 "seq": upto}])
+                elif held < upto:
+                    conn.execute(update(RemovedRow).where(RemovedRow.collection_id == cid,
+                                                          RemovedRow.iid == HORIZON_IID).values(seq=upto))
+                upto = max(upto, held or 0)
+        except NotFound:
+            return 0
+        gone = 0
+        while True:
+            with self.engine.begin() as conn:
+                chunk = conn.execute(select(RemovedRow.iid).where(
+                    RemovedRow.collection_id == cid, RemovedRow.iid != HORIZON_IID, RemovedRow.seq <= upto)
+                    .limit(CHUNK)).scalars().all()
+                if not chunk:
+                    return gone
+                gone += conn.execute(delete(RemovedRow).where(
+                    RemovedRow.collection_id == cid, RemovedRow.iid.in_(chunk), RemovedRow.seq <= upto)).rowcount
 
     def metadata(self, cid: int, iids: Sequence[int]) -> dict[int, dict]:
         out: dict[int, dict] = {}

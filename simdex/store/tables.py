@@ -57,10 +57,16 @@ class ItemRow(Base):
     )
 
 
+HORIZON_IID = -1  # internal ids start at 0 (CollectionRow.next_iid), so this one is never an item's
+
+
 class RemovedRow(Base):
     """An item row that a write removed (deleted, or replaced by a new row): its internal id and the sequence number
     of the write. Replicas on one database (service/replication.py) read these to learn which ids left after the
-    sequence number their index is at; the items table keeps live rows only."""
+    sequence number their index is at; the items table keeps live rows only.
+
+    The log is pruned (Store.prune_removals): the row of iid HORIZON_IID, when there is one, holds in `seq` the
+    horizon up to which removals may be gone; a replica behind it compares its index with the live rows instead."""
     __tablename__ = "removed_items"
 
     collection_id: Mapped[int] = mapped_column(

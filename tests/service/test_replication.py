@@ -225,3 +225,38 @@ def test_a_rebuild_leaves_rows_written_after_its_listing_to_the_catch_up(pair, m
     monkeypatch.undo()
     assert col.catch_up() and col.ann.n_live == 3
     matches_oracle(b, "c", {"x": vectors(2, 0)[0], "y": vectors(2, 0)[1], "z": vectors(1, 1)[0]}, vectors(3, 5), k=3)
+
+
+def test_a_replica_behind_the_pruned_removals_catches_up_against_the_live_rows(tmp_path, pg_url, monkeypatch):
+    """b misses a's notices (and has no periodic catch-up) while a replaces and deletes rows and prunes the whole
+    removed-items log; b's next catch-up cannot read those removals, compares its index with the live rows, and
+    searches like the oracle (no deleted or replaced id)."""
+    a = Simdex(tmp_path / "a", pg_url, snapshot_interval=0)
+    b = Simdex(tmp_path / "b", pg_url, snapshot_interval=0, catch_up_interval=600)
+    try:
+        a.create_collection("c", DIM)
+        x = vectors(200, 0)
+        names = [f"v{i}" for i in range(200)]
+        a.upsert("c", names, x)
+        eventually(lambda: caught_up(b, "c", a))
+        monkeypatch.setattr("simdex.store.items.announce", lambda *args: None)  # b hears nothing from now on
+        new = vectors(50, 1) + 3
+        a.upsert("c", names[:50], new)
+        a.delete("c", names[50:90])
+        live = dict(zip(names, x))
+        live.update(zip(names[:50], new))
+        for n in names[50:90]:
+            del live[n]
+        a_col = a.collections.get("c")
+        assert a_col.prune_removals(keep=0) == 90
+        assert b.collections.get("c").seq == 1  # behind the horizon (3)
+        assert b.collections.get("c").catch_up()
+        assert caught_up(b, "c", a) and b.collections.get("c").ann.n_live == len(live)
+        matches_oracle(b, "c", live, np.concatenate([x[:100], new[:10]]))
+        b.upsert("c", ["b0"], vectors(1, 5))  # and it writes on from there
+        live["b0"] = vectors(1, 5)[0]
+        a_col.catch_up()
+        matches_oracle(a, "c", live, x[:20])
+    finally:
+        a.close()
+        b.close()

@@ -80,6 +80,84 @@ def test_deleting_a_collection_drops_its_removal_log(service):
     assert s.store.changes(cid, DIM, 0, 10) is None
 
 
+def log_rows(s, cid: int) -> list[tuple[int, int]]:
+    with s.engine.connect() as conn:
+        return sorted(tuple(r) for r in conn.execute(
+            sa.text("SELECT iid, seq FROM removed_items WHERE collection_id = :c"), {"c": cid}).all())
+
+
+def test_a_pruned_log_keeps_the_removals_after_its_horizon_and_says_when_a_reader_is_behind_it(service):
+    s = service
+    s.create_collection("c", DIM)
+    cid = s.collections.get("c").info.id
+    s.upsert("c", ["a", "b", "c", "d"], rows(4, 0))                 # seq 1
+    old_a, old_b, old_c = iids_of(s, "c", ["a", "b", "c"])
+    s.upsert("c", ["a"], rows(1, 1))                                # seq 2: a replaced
+    s.delete("c", ["b"])                                            # seq 3
+    s.delete("c", ["c"])                                            # seq 4
+    assert log_rows(s, cid) == [(old_a, 2), (old_b, 3), (old_c, 4)]
+
+    assert s.store.prune_removals(cid, 3) == 2                      # the removals of writes 2 and 3 go
+    assert log_rows(s, cid) == [(-1, 3), (old_c, 4)]                # the horizon row, and what is after it
+    live = sorted(iids_of(s, "c", ["a", "d"]))
+    for after in (0, 1, 2):                                         # behind the horizon: the live ids come along
+        ch = s.store.changes(cid, DIM, after, 1000)
+        assert ch.seq == 4 and sorted(ch.live.tolist()) == live
+        assert -1 not in ch.removed.tolist() and old_c in ch.removed.tolist()
+    for after in (3, 4):                                            # at or past it: the log is whole
+        ch = s.store.changes(cid, DIM, after, 1000)
+        assert ch.live is None and ch.removed.tolist() == ([old_c] if after == 3 else [])
+
+    assert s.store.prune_removals(cid, 2) == 0                      # a lower horizon changes nothing
+    assert log_rows(s, cid) == [(-1, 3), (old_c, 4)]
+    assert s.store.prune_removals(cid, 4) == 1
+    assert log_rows(s, cid) == [(-1, 4)]
+    assert s.store.changes(cid, DIM, 3, 1000).live is not None
+    assert s.store.changes(cid, DIM, 4, 1000).live is None
+
+
+def test_the_snapshot_pass_prunes_all_but_the_newest_writes_removals_and_a_catch_up_behind_it_is_exact(
+        service, monkeypatch):
+    """An index behind the horizon (as a replica that missed the writes) catches up against the live rows: no
+    deleted or replaced id stays in it, and its searches are those of an exact oracle."""
+    from conftest import oracle
+    from simdex.service import collection as collection_mod
+
+    s = service
+    s.create_collection("c", DIM)
+    col = s.collections.get("c")
+    cid = col.info.id
+    x = rows(50, 0)
+    names = [f"v{i}" for i in range(50)]
+    s.upsert("c", names, x)                                          # seq 1
+    behind = col.ann.fresh()                                         # an index at seq 1, as a lagging replica's
+    behind.add(np.array(iids_of(s, "c", names), dtype=np.int64), names, x)
+    live = dict(zip(names, x))
+    for w in range(6):                                               # seqs 2..7: replacements and deletes
+        if w % 2:
+            s.delete("c", names[w * 5:w * 5 + 5])
+            for n in names[w * 5:w * 5 + 5]:
+                del live[n]
+        else:
+            new = rows(5, 10 + w) + 2
+            s.upsert("c", names[w * 5:w * 5 + 5], new)
+            live.update(zip(names[w * 5:w * 5 + 5], new))
+    assert max(seq for _, seq in log_rows(s, cid)) == 7
+    monkeypatch.setattr(collection_mod, "REMOVALS_KEPT_WRITES", 2)
+    s.snapshots.snapshot()
+    rows_left = log_rows(s, cid)
+    assert rows_left[0] == (-1, 5) and all(seq > 5 for iid, seq in rows_left[1:]) and len(rows_left) == 1 + 5 + 5
+
+    col.ann, col.seq = behind, 1                                     # rewind this server's index to seq 1
+    assert col.catch_up()
+    assert col.seq == 7 and col.ann.n_live == len(live) == s.count("c")
+    xq = rows(12, 99)
+    ids = sorted(live)
+    _, idx = oracle(np.stack([live[n] for n in ids]), xq, 5)
+    hits, _ = s.search("c", xq, 5)
+    assert [h.ids for h in hits] == [[ids[i] for i in row] for row in idx]
+
+
 def test_commits_parse_and_anything_else_on_the_channel_is_ignored():
     assert Commit.parse("write 3 17") == Commit("write", 3, 17)
     assert Commit.parse("create 5 0") == Commit("create", 5, 0)
