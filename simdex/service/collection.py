@@ -80,6 +80,7 @@ class Collection:
         self.ann = make_index(info.dim, info.metric, info.index, search_backend)
         self.seq = info.seq
         self.snap_seq = -1
+        self._reconciled = 0  # the index holds no id removed at or before this removed-items horizon (see _step)
         self.write_lock = threading.Lock()
         self._filter_cache: dict = {}  # filter -> (seq, ann, match, allowed, n_allowed): see _filtered
         self._filter_lock = threading.Lock()
@@ -174,7 +175,8 @@ class Collection:
         """One step of catch_up (the caller holds the write lock): whether the index moved on, None when the
         collection was deleted. Rows the index already holds (read past self.seq when it was opened or rebuilt)
         are not added twice; removals come first, so the ids the new seq no longer has are gone before it shows."""
-        ch = self.store.changes(self.info.id, self.info.dim, self.seq, max(1, CATCH_UP_FLOATS // self.info.dim))
+        ch = self.store.changes(self.info.id, self.info.dim, self.seq, max(1, CATCH_UP_FLOATS // self.info.dim),
+                                self._reconciled)
         if ch is None or ch.seq <= self.seq:
             return None if ch is None else False
         removed = ch.removed
@@ -183,6 +185,7 @@ class Collection:
             LOG.info("collection %s: at seq %d, behind the pruned removals; %d removals found against the live rows",
                      self.name, self.seq, len(gone))
             removed = np.union1d(removed, gone)
+            self._reconciled = ch.horizon  # every id removed up to it is gone now: later steps need no listing
         self.ann.remove(removed)
         new = ~np.isin(ch.added, self.ann.iids_at(self.ann.positions(ch.added)))
         self.ann.add(ch.added[new], [e for e, n in zip(ch.ext_ids, new) if n], ch.vectors[new])

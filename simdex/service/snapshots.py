@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from simdex.service.collections import Collections
 
 LOG = logging.getLogger(__name__)
@@ -23,19 +21,20 @@ class Snapshots:
             self._thread = threading.Thread(target=self._loop, args=(interval,), name="snapshotter", daemon=True)
             self._thread.start()
 
-    def snapshot(self) -> int:
-        """Snapshot every collection that changed, and prune its removed-items log (Collection.prune_removals).
-        Returns how many files were written."""
+    def snapshot(self, prune: bool = True) -> int:
+        """Snapshot every collection that changed, and (with `prune`) prune its removed-items log
+        (Collection.prune_removals). Returns how many files were written."""
         written = 0
         for col in self.collections.all():
             try:
                 written += col.save_snapshot()
             except OSError as exc:  # a full disk must not stop the service: the database still holds everything
                 LOG.warning("snapshot of %s failed: %s", col.name, exc)
-            try:
-                col.prune_removals()
-            except SQLAlchemyError as exc:  # a database away for a while: the next pass prunes
-                LOG.warning("pruning the removed-items log of %s failed: %s", col.name, exc)
+            if prune:
+                try:
+                    col.prune_removals()
+                except Exception:  # noqa: BLE001 - the thread goes on (a database away for a while): next pass
+                    LOG.exception("pruning the removed-items log of %s failed", col.name)
         return written
 
     def _loop(self, interval: float) -> None:
@@ -43,8 +42,8 @@ class Snapshots:
             self.snapshot()
 
     def close(self) -> None:
-        """Stop the thread, then write the last snapshots."""
+        """Stop the thread, then write the last snapshots (no pruning: a stop does not wait for it)."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=JOIN_TIMEOUT_S)
-        self.snapshot()
+        self.snapshot(prune=False)

@@ -24,6 +24,8 @@ from simdex.wire import to_bytes, unpack_floats
 LOG = logging.getLogger(__name__)
 # SQLite allows 32766 bound parameters per statement; stay well below for IN (...) lists.
 CHUNK = 4000
+# Chunks of the removed-items log one prune deletes at most (the rest goes with the next snapshot pass).
+PRUNE_CHUNKS = 25
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,9 @@ class Changes:
     they bring an index at `after` to `seq` (see Store.changes).
 
     When the removed-items log was pruned past `after`, `removed` may lack some removals and `live` holds every
-    live internal id instead (read after the log): whatever an index at `after` holds outside it was removed."""
+    live internal id instead (read after the log): whatever an index at `after` holds outside it was removed.
+    `horizon` is the log's horizon read then: once an index has dropped what is outside `live`, it holds no id
+    removed at or before it, and later changes need no `live` until the horizon passes it (`reconciled`)."""
     after: int
     seq: int
     removed: np.ndarray   # (m,) int64 internal ids
@@ -59,6 +63,7 @@ class Changes:
     ext_ids: list[str]    # (n,) their external ids
     vectors: np.ndarray   # (n, dim) float32
     live: np.ndarray | None = None  # (l,) int64: every live internal id, when `removed` may be incomplete
+    horizon: int = 0
 
 
 @dataclass(frozen=True)
@@ -302,13 +307,14 @@ class Store:
             yield iids, _matrix(cid, dim, iids, [r[1] for r in rows])
             last = int(iids[-1])
 
-    def changes(self, cid: int, dim: int, after: int, max_rows: int) -> Changes | None:
+    def changes(self, cid: int, dim: int, after: int, max_rows: int, reconciled: int = 0) -> Changes | None:
         """The changes committed to collection `cid` after sequence number `after` (None once it is deleted), up to
         its newest, or fewer whole writes when those would add more than `max_rows` rows (at least one write).
 
         Every write with a sequence number up to the one returned has committed (the collection row's lock orders
         them), so nothing below it can still appear. A row read here may have been removed since by a newer write;
-        its removal is read by the next call."""
+        its removal is read by the next call. Past the log's horizon, `live` comes along unless the caller's index
+        already dropped every id removed up to that horizon (`reconciled`: the horizon of its last such step)."""
         added_after = (ItemRow.collection_id == cid, ItemRow.seq > after)
         with self.engine.connect() as conn:
             newest = conn.execute(select(CollectionRow.seq).where(CollectionRow.id == cid)).scalar()
@@ -324,13 +330,13 @@ class Store:
                 RemovedRow.seq <= seq)).scalars().all()
             # Read after the log: a prune raises the horizon before it deletes anything, so a removal missing above
             # was pruned under a horizon this read sees (prune_removals).
-            live = None
-            if self._horizon(conn, cid) > after:
+            live, horizon = None, self._horizon(conn, cid)
+            if horizon > max(after, reconciled):
                 live = np.fromiter(conn.execute(select(ItemRow.iid).where(ItemRow.collection_id == cid)).scalars(),
                                    dtype=np.int64)
         added = np.array([r[0] for r in rows], dtype=np.int64)
         return Changes(after, int(seq), np.array(removed, dtype=np.int64), added, [r[1] for r in rows],
-                       _matrix(cid, dim, added, [r[2] for r in rows]), live)
+                       _matrix(cid, dim, added, [r[2] for r in rows]), live, int(horizon))
 
     @staticmethod
     def _horizon(conn, cid: int) -> int:
@@ -338,13 +344,15 @@ class Store:
         return conn.execute(select(RemovedRow.seq).where(
             RemovedRow.collection_id == cid, RemovedRow.iid == HORIZON_IID)).scalar() or 0
 
-    def prune_removals(self, cid: int, upto: int) -> int:
-        """Forget the logged removals of collection `cid`'s writes up to sequence number `upto`; how many rows went.
+    def prune_removals(self, cid: int, upto: int, max_chunks: int = PRUNE_CHUNKS) -> int:
+        """Forget the logged removals of collection `cid`'s writes up to sequence number `upto`; how many rows went
+        (at most `max_chunks` chunks of CHUNK rows: the next call goes on).
 
         The horizon is raised first, in a transaction of its own under the collection row's lock (ordered with
-        writes and other servers' prunes); the rows then go in chunks, each its own short transaction, so a large
-        log never holds a lock for long. A replica whose index is behind the horizon reads the live ids with its
-        next changes (Store.changes). A collection deleted meanwhile prunes nothing (NotFound is not raised)."""
+        writes and other servers' prunes); the rows then go in chunks, each its own short transaction under that
+        lock too, so a large log never holds it for long. A replica whose index is behind the horizon reads the
+        live ids with its next changes (Store.changes). A collection deleted meanwhile prunes nothing more (NotFound
+        is not raised)."""
         with self.engine.connect() as conn:  # most calls find nothing to do, and write nothing
             if conn.execute(select(RemovedRow.iid).where(
                     RemovedRow.collection_id == cid, RemovedRow.iid != HORIZON_IID, RemovedRow.seq <= upto)
@@ -365,8 +373,12 @@ class Store:
         except NotFound:
             return 0
         gone = 0
-        while True:
+        for _ in range(max_chunks):
             with self.engine.begin() as conn:
+                try:
+                    self._lock_collection(conn, cid)  # the lock order of writes and DeleteCollection: no deadlock
+                except NotFound:
+                    return gone
                 chunk = conn.execute(select(RemovedRow.iid).where(
                     RemovedRow.collection_id == cid, RemovedRow.iid != HORIZON_IID, RemovedRow.seq <= upto)
                     .limit(CHUNK)).scalars().all()
@@ -374,6 +386,7 @@ class Store:
                     return gone
                 gone += conn.execute(delete(RemovedRow).where(
                     RemovedRow.collection_id == cid, RemovedRow.iid.in_(chunk), RemovedRow.seq <= upto)).rowcount
+        return gone
 
     def metadata(self, cid: int, iids: Sequence[int]) -> dict[int, dict]:
         out: dict[int, dict] = {}

@@ -86,7 +86,9 @@ def log_rows(s, cid: int) -> list[tuple[int, int]]:
             sa.text("SELECT iid, seq FROM removed_items WHERE collection_id = :c"), {"c": cid}).all())
 
 
-def test_a_pruned_log_keeps_the_removals_after_its_horizon_and_says_when_a_reader_is_behind_it(service):
+def test_a_pruned_log_keeps_the_removals_after_its_horizon_and_says_when_a_reader_is_behind_it(service, monkeypatch):
+    from simdex.store import items as items_mod
+
     s = service
     s.create_collection("c", DIM)
     cid = s.collections.get("c").info.id
@@ -114,6 +116,13 @@ def test_a_pruned_log_keeps_the_removals_after_its_horizon_and_says_when_a_reade
     assert log_rows(s, cid) == [(-1, 4)]
     assert s.store.changes(cid, DIM, 3, 1000).live is not None
     assert s.store.changes(cid, DIM, 4, 1000).live is None
+    s.delete("c", ["a", "d"])                                       # seq 5: two rows
+    monkeypatch.setattr(items_mod, "CHUNK", 1)
+    assert s.store.prune_removals(cid, 5, max_chunks=1) == 1        # a bounded pass: the horizon first, one row
+    assert len(log_rows(s, cid)) == 2 and log_rows(s, cid)[0] == (-1, 5)
+    assert s.store.changes(cid, DIM, 4, 1000).live is not None      # what is left below it is not trusted
+    assert s.store.prune_removals(cid, 5, max_chunks=1) == 1        # the next pass goes on
+    assert log_rows(s, cid) == [(-1, 5)]
 
 
 def test_the_snapshot_pass_prunes_all_but_the_newest_writes_removals_and_a_catch_up_behind_it_is_exact(
@@ -149,8 +158,13 @@ def test_the_snapshot_pass_prunes_all_but_the_newest_writes_removals_and_a_catch
     assert rows_left[0] == (-1, 5) and all(seq > 5 for iid, seq in rows_left[1:]) and len(rows_left) == 1 + 5 + 5
 
     col.ann, col.seq = behind, 1                                     # rewind this server's index to seq 1
+    monkeypatch.setattr(collection_mod, "CATCH_UP_FLOATS", 5 * DIM)  # a step per write of rows (and the delete after)
+    steps, changes = [], s.store.changes
+    monkeypatch.setattr(s.store, "changes", lambda *a: steps.append(changes(*a)) or steps[-1])
     assert col.catch_up()
     assert col.seq == 7 and col.ann.n_live == len(live) == s.count("c")
+    assert [ch.seq for ch in steps if ch.seq > ch.after] == [3, 5, 7]   # three steps, two behind the horizon (5)
+    assert [ch.live is not None for ch in steps] == [True, False, False, False]  # live ids read once, not per step
     xq = rows(12, 99)
     ids = sorted(live)
     _, idx = oracle(np.stack([live[n] for n in ids]), xq, 5)
