@@ -19,7 +19,7 @@ from simdex.limits import Limits
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
 from simdex.server.auth import TokenAuth
-from simdex.server.calls import CommitGate, graceful_stop
+from simdex.server.calls import CommitGate, RefuseWhileStopping, graceful_stop
 from simdex.server.metrics import Metrics, start_metrics_server
 from simdex.server.reflection import enable_reflection
 from simdex.server.servicer import SimdexServicer
@@ -64,10 +64,12 @@ def create_server(service: Simdex, address: str = "127.0.0.1:0", *, token: str |
     if token and tokens:
         raise ValueError("give token or tokens, not both")
     auth = tokens or (Tokens.single(token) if token else None)
+    gate = gate or CommitGate()
     interceptors = []
     if metrics:
         metrics.watch(service)
         interceptors.append(metrics.interceptor)  # first, so that it counts the refusals too
+    interceptors.append(RefuseWhileStopping(gate))
     if auth:
         interceptors.append(TokenAuth(auth, lambda head: service.get_head(head).collection))
     pool = futures.ThreadPoolExecutor(max_workers=workers + max(0, search_streams), thread_name_prefix="grpc")

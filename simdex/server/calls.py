@@ -18,8 +18,11 @@ import grpc
 
 from simdex import defaults
 from simdex.errors import DeadlineExceeded, SimdexError, Unavailable
+from simdex.server.handlers import method_name, refusal
 
 LOG = logging.getLogger(__name__)
+OPEN_DURING_STOP = ("/grpc.health.v1.Health/",)  # probes see NOT_SERVING, not a refusal
+REFUSE_BEFORE_STOP_S = 0.3
 
 
 class Cancelled(SimdexError):
@@ -172,10 +175,31 @@ class CommitGate:
         return busy
 
 
+class RefuseWhileStopping(grpc.ServerInterceptor):
+    """Once a stop has begun (`gate.draining`), every new call but a health check is answered UNAVAILABLE with a
+    message, before gRPC's own shutdown: a call that reaches the server while gRPC shuts down may instead be cut
+    as plain CANCELLED (accepted, not yet given to a handler), which clients do not retry."""
+
+    def __init__(self, gate: CommitGate):
+        self.gate = gate
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or not self.gate.draining or details.method.startswith(OPEN_DURING_STOP):
+            return handler
+        _, method = method_name(details.method)
+        return refusal(handler, grpc.StatusCode.UNAVAILABLE,
+                       f"{method}: the server is shutting down; nothing of this call was stored: retry it on another "
+                       "server or once this one is back")
+
+
 def graceful_stop(server, gate: CommitGate, grace: float) -> None:
-    """Stop `server`: refuse new calls at once, let those in flight finish for `grace` seconds, then close the
-    gate (no commit starts after this, the commits in progress end) and cancel every call still open."""
+    """Stop `server`: refuse new calls at once (UNAVAILABLE, RefuseWhileStopping; REFUSE_BEFORE_STOP_S before
+    gRPC's own shutdown, so that calls already sent are refused with a message), let those in flight finish for
+    `grace` seconds, then close the gate (no commit starts after this, the commits in progress end) and cancel every
+    call still open."""
     gate.drain()
+    time.sleep(REFUSE_BEFORE_STOP_S)
     drained = server.stop(grace=grace + 3600)  # starts the drain; the hard stop below comes first
     if drained.wait(grace):
         gate.close()

@@ -153,9 +153,11 @@ def test_a_stop_is_not_held_up_by_a_clients_idle_stream(tmp_path, monkeypatch, c
     assert "grace period" not in caplog.text, "the stop waited out its grace for an idle stream"
 
 
-def test_after_a_drain_the_client_sends_search_calls(tmp_path):
-    """The server cancels the idle stream at its drain and ends a new one unanswered: the search is a Search call
-    (here still answered: only the drain began, not the stop)."""
+def test_after_a_drain_a_search_is_refused_unavailable_with_the_reason(tmp_path):
+    """The server cancels the idle stream at its drain; the next search goes on a new stream or (when it took the
+    cancelled stream before the cancel reached it) as a Search call, and either is refused UNAVAILABLE with the
+    reason (gRPC's retry policy sends it to another replica of a list), never cut as a bare CANCELLED."""
+    from simdex.errors import Unavailable
     from simdex.server.calls import CommitGate
 
     gate = CommitGate()
@@ -164,11 +166,18 @@ def test_after_a_drain_the_client_sends_search_calls(tmp_path):
         with Client(srv.target) as c:
             xb = _fill(c)
             assert c.search("c", xb[:1], 1).ids == [["v0"]]
-            unary = _count_search_calls(c)
             gate.drain()
-            assert c.search("c", xb[1:2], 1).ids == [["v1"]]
-            assert c.search("c", xb[2:3], 1).ids == [["v2"]]
-            assert len(unary) == 2 and unary[0].queries.shape == [1, D]
+            for i in (1, 2):
+                with pytest.raises(Unavailable, match="^(Search|SearchStream): the server is shutting down; nothing"):
+                    c.search("c", xb[i:i + 1], 1)
+        with Client(srv.target, search_slots=0) as plain:  # and a Search call is refused the same way
+            with pytest.raises(Unavailable, match="the server is shutting down; nothing of this call was stored"):
+                plain.search("c", xb[:1], 1)
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(srv.target) as ch:  # health checks stay open during a stop (probes read them)
+            assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10) is not None
     finally:
         srv.stop()
 

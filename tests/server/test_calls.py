@@ -272,3 +272,25 @@ def test_the_reaper_runs_only_while_a_stream_waits_and_ends_with_a_drain():
     assert not reaper.is_alive()
     t.join(5)
     assert out == ["cancelled"] and gate._reaper is None
+
+
+def test_once_a_stop_began_new_calls_are_refused_unavailable_with_the_reason_and_health_stays_open(gated):
+    """A call that reaches a stopping server before gRPC's own shutdown gets UNAVAILABLE naming the method (which
+    clients retry elsewhere), not the bare CANCELLED gRPC gives a call it accepted and never handed to a handler."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    srv, gate, stub = gated
+    assert stub.Count(pb.CountRequest(collection="c")).count == 0
+    gate.drain()
+    for call, method in ((lambda: stub.Count(pb.CountRequest(collection="c")), "Count"),
+                         (lambda: stub.Upsert(iter([part("late")])), "Upsert"),
+                         (lambda: list(stub.SearchStream(iter([pb.SearchRequest(collection="c", k=1)]))),
+                          "SearchStream")):
+        with pytest.raises(grpc.RpcError) as ei:
+            call()
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert ei.value.details().startswith(f"{method}: the server is shutting down; nothing of this call was stored")
+    with grpc.insecure_channel(srv.target) as ch:
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING  # the app's stop sets NOT_SERVING, not the gate
+    assert srv.service.count("c") == 0  # the refused Upsert stored nothing
