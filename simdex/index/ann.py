@@ -500,5 +500,4 @@ class AnnIndex:
         self._n = len(pos_iid)
         self._iid_pos = {i: p for p, i in enumerate(pos_iid.tolist()) if i in ext_of}
         self.n_dead = int((~self._live).sum())
-        present = np.fromiter(self._iid_pos.keys(), dtype=np.int64, count=len(self._iid_pos))
-        return np.setdiff1d(live_iids, present)
+        return np.setdiff1d(live_iids, self.live_iids())

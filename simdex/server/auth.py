@@ -10,11 +10,10 @@ from typing import Callable
 import grpc
 
 from simdex.errors import SimdexError
-from simdex.server.handlers import method_name, refusal, rewrap
+from simdex.server.handlers import OPEN_METHODS, method_name, refusal, rewrap
 from simdex.server.tokens import Rule, Token, Tokens, rule_for
 
 LOG = logging.getLogger(__name__)
-OPEN_METHODS = ("/grpc.health.v1.Health/",)
 
 
 class TokenAuth(grpc.ServerInterceptor):

@@ -18,10 +18,9 @@ import grpc
 
 from simdex import defaults
 from simdex.errors import DeadlineExceeded, SimdexError, Unavailable
-from simdex.server.handlers import method_name, refusal
+from simdex.server.handlers import OPEN_METHODS, method_name, refusal
 
 LOG = logging.getLogger(__name__)
-OPEN_DURING_STOP = ("/grpc.health.v1.Health/",)  # probes see NOT_SERVING, not a refusal
 REFUSE_BEFORE_STOP_S = 0.3
 
 
@@ -185,7 +184,7 @@ class RefuseWhileStopping(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
-        if handler is None or not self.gate.draining or details.method.startswith(OPEN_DURING_STOP):
+        if handler is None or not self.gate.draining or details.method.startswith(OPEN_METHODS):
             return handler
         _, method = method_name(details.method)
         return refusal(handler, grpc.StatusCode.UNAVAILABLE,

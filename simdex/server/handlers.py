@@ -14,6 +14,10 @@ _KINDS = {  # (request_streaming, response_streaming) -> the handler's behaviour
 }
 
 
+# Health checks answer whatever the interceptors would refuse (no token, a stop under way): probes read them.
+OPEN_METHODS = ("/grpc.health.v1.Health/",)
+
+
 def method_name(full: str) -> tuple[str, str]:
     """"/simdex.v1.Simdex/Search" -> ("simdex.v1.Simdex", "Search")."""
     service, _, method = full.lstrip("/").rpartition("/")

@@ -81,6 +81,7 @@ class Collection:
         self.seq = info.seq
         self.snap_seq = -1
         self._reconciled = 0  # the index holds no id removed at or before this removed-items horizon (see _step)
+        self._pruned_upto = 0  # the removed-items log holds nothing at or below this seq (prune_removals)
         self.write_lock = threading.Lock()
         self._filter_cache: dict = {}  # filter -> (seq, ann, match, allowed, n_allowed): see _filtered
         self._filter_lock = threading.Lock()
@@ -348,7 +349,12 @@ class Collection:
         """Forget the logged removals of the writes more than `keep` (default REMOVALS_KEPT_WRITES) writes behind
         this index; how many rows went."""
         upto = self.seq - (REMOVALS_KEPT_WRITES if keep is None else keep)
-        return self.store.prune_removals(self.info.id, upto) if upto > 0 else 0
+        if upto <= self._pruned_upto:  # nothing at or below it is left, and no write logs one there any more
+            return 0
+        gone = self.store.prune_removals(self.info.id, upto)
+        if not gone:  # (a pass that deleted rows may have stopped at its chunk budget: the next one looks again)
+            self._pruned_upto = upto
+        return gone
 
     def save_snapshot(self) -> bool:
         """Write the index to its file (atomically) if it changed since the last snapshot."""

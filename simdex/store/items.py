@@ -326,8 +326,7 @@ class Store:
             rows = conn.execute(select(ItemRow.iid, ItemRow.external_id, ItemRow.vector)
                                 .where(*added_after, ItemRow.seq <= seq).order_by(ItemRow.iid)).all()
             removed = conn.execute(select(RemovedRow.iid).where(
-                RemovedRow.collection_id == cid, RemovedRow.iid != HORIZON_IID, RemovedRow.seq > after,
-                RemovedRow.seq <= seq)).scalars().all()
+                *_logged(cid), RemovedRow.seq > after, RemovedRow.seq <= seq)).scalars().all()
             # Read after the log: a prune raises the horizon before it deletes anything, so a removal missing above
             # was pruned under a horizon this read sees (prune_removals).
             live, horizon = None, self._horizon(conn, cid)
@@ -354,24 +353,22 @@ class Store:
         live ids with its next changes (Store.changes). A collection deleted meanwhile prunes nothing more (NotFound
         is not raised)."""
         with self.engine.connect() as conn:  # most calls find nothing to do, and write nothing
-            if conn.execute(select(RemovedRow.iid).where(
-                    RemovedRow.collection_id == cid, RemovedRow.iid != HORIZON_IID, RemovedRow.seq <= upto)
-                    .limit(1)).first() is None:
+            if conn.execute(select(RemovedRow.iid).where(*_logged(cid), RemovedRow.seq <= upto)
+                            .limit(1)).first() is None:
                 return 0
         try:
             with self.engine.begin() as conn:
                 self._lock_collection(conn, cid)
-                held = conn.execute(select(RemovedRow.seq).where(
-                    RemovedRow.collection_id == cid, RemovedRow.iid == HORIZON_IID)).scalar()
-                if held is None:
+                held = self._horizon(conn, cid)  # 0: no horizon row yet (sequence numbers start at 1)
+                if not held:
                     conn.execute(insert(RemovedRow.__table__), [{"collection_id": cid, "iid": HORIZON_IID,
                                                                  "seq": upto}])
                 elif held < upto:
                     conn.execute(update(RemovedRow).where(RemovedRow.collection_id == cid,
                                                           RemovedRow.iid == HORIZON_IID).values(seq=upto))
-                upto = max(upto, held or 0)
         except NotFound:
             return 0
+        prunable = (*_logged(cid), RemovedRow.seq <= max(upto, held))  # what an earlier, bounded pass left too
         gone = 0
         for _ in range(max_chunks):
             with self.engine.begin() as conn:
@@ -379,13 +376,10 @@ class Store:
                     self._lock_collection(conn, cid)  # the lock order of writes and DeleteCollection: no deadlock
                 except NotFound:
                     return gone
-                chunk = conn.execute(select(RemovedRow.iid).where(
-                    RemovedRow.collection_id == cid, RemovedRow.iid != HORIZON_IID, RemovedRow.seq <= upto)
-                    .limit(CHUNK)).scalars().all()
+                chunk = conn.execute(select(RemovedRow.iid).where(*prunable).limit(CHUNK)).scalars().all()
                 if not chunk:
                     return gone
-                gone += conn.execute(delete(RemovedRow).where(
-                    RemovedRow.collection_id == cid, RemovedRow.iid.in_(chunk), RemovedRow.seq <= upto)).rowcount
+                gone += conn.execute(delete(RemovedRow).where(*prunable, RemovedRow.iid.in_(chunk))).rowcount
         return gone
 
     def metadata(self, cid: int, iids: Sequence[int]) -> dict[int, dict]:
@@ -396,6 +390,11 @@ class Store:
                     ItemRow.collection_id == cid, ItemRow.iid.in_([int(v) for v in iids[i:i + CHUNK]])))
                 out.update({r[0]: r[1] for r in rows})
         return out
+
+
+def _logged(cid: int) -> tuple:
+    """The WHERE terms of collection `cid`'s logged removals (its horizon row left out)."""
+    return RemovedRow.collection_id == cid, RemovedRow.iid != HORIZON_IID
 
 
 def _step_end(per_write: Sequence[tuple[int, int]], newest: int, max_rows: int) -> int:
