@@ -260,3 +260,13 @@ def oracle(xb: np.ndarray, xq: np.ndarray, k: int, metric: str = "l2"):
 def recall_at(found_ids: list[list[str]], true_idx: np.ndarray, names: list[str], k: int) -> float:
     hits = sum(len(set(f[:k]) & {names[j] for j in t[:k]}) for f, t in zip(found_ids, true_idx))
     return hits / (len(true_idx) * k)
+
+
+def until(predicate, what: str, timeout: float = 5.0) -> None:
+    """Poll `predicate` until it holds; fail naming `what` after `timeout` seconds (a bound, not a timing target)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} (gave up after {timeout} s)"
+        time.sleep(0.005)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import InProcessServer, clustered, oracle
+from conftest import InProcessServer, clustered, oracle, until
 from simdex import defaults
 from simdex.clients import Client
 from simdex.clients import search_stream
@@ -109,10 +109,7 @@ def test_a_stream_the_server_cut_for_idling_is_replaced_by_a_new_one(tmp_path, m
             assert c.search("c", xb[:1], 1).ids == [["v0"]]
             streams = c._transport._streams
             [cut] = streams.idle
-            deadline = time.monotonic() + 5
-            while not cut.responses.done() and time.monotonic() < deadline:  # the server's cancel reached it
-                time.sleep(0.02)
-            assert cut.responses.done()
+            until(cut.responses.done, "the server's cancel of the idle stream to reach the client")
             gate.stream_idle_s = 0  # no more cuts: a stalled machine must not cut the new stream before its search
             unary = _count_search_calls(c)
             assert c.search("c", xb[1:2], 1).ids == [["v1"]]

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import InProcessServer
+from conftest import InProcessServer, until
 from simdex.errors import DeadlineExceeded, Unavailable
 from simdex.proto import simdex_pb2 as pb
 from simdex.proto import simdex_pb2_grpc as pb_grpc
@@ -177,24 +177,17 @@ def _blocked_read(gate, context, sent: threading.Event):
     return t, out
 
 
-def _until(predicate, what):
-    deadline = time.monotonic() + 5
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.005)
-
-
 def test_only_streams_idle_for_the_limit_are_cut_each_wait_timed_afresh():
     now = [100.0]
     gate = CommitGate(stream_idle_s=10.0, clock=lambda: now[0])
     gate._reaper = threading.current_thread()  # no background reaper: this test calls cut_idle itself
     idle, busy = WaitingContext(), WaitingContext()
     t_idle, out_idle = _blocked_read(gate, idle, threading.Event())
-    _until(lambda: idle in gate._waiting, "the idle stream's read never began")
+    until(lambda: idle in gate._waiting, "the idle stream's read never began")
     now[0] = 105.0
     sent = threading.Event()
     t_busy, out_busy = _blocked_read(gate, busy, sent)  # begins waiting 5 s later
-    _until(lambda: busy in gate._waiting, "the busy stream's read never began")
+    until(lambda: busy in gate._waiting, "the busy stream's read never began")
     now[0] = 109.9
     assert gate.cut_idle() == 0 and not idle.cancelled.is_set()
     now[0] = 110.0
@@ -205,7 +198,7 @@ def test_only_streams_idle_for_the_limit_are_cut_each_wait_timed_afresh():
     t_busy.join(5)
     assert out_busy == ["request"] and busy not in gate._waiting
     t_busy, out_busy = _blocked_read(gate, busy, sent)
-    _until(lambda: busy in gate._waiting, "the busy stream's second read never began")
+    until(lambda: busy in gate._waiting, "the busy stream's second read never began")
     now[0] = 119.9  # 14.9 s after it first waited, 9.9 s into this wait
     assert gate.cut_idle() == 0
     now[0] = 120.0
@@ -220,7 +213,7 @@ def test_no_idle_limit_cuts_nothing():
     gate = CommitGate(stream_idle_s=0, clock=lambda: now[0])
     ctx = WaitingContext()
     t, out = _blocked_read(gate, ctx, threading.Event())
-    _until(lambda: ctx in gate._waiting, "the read never began")
+    until(lambda: ctx in gate._waiting, "the read never began")
     now[0] = 1e9
     assert gate.cut_idle() == 0 and gate._reaper is None
     gate.drain()  # a stop still cancels it
@@ -246,7 +239,7 @@ def test_a_request_read_as_its_stream_is_cut_is_dropped():
     out = []
     t = threading.Thread(target=lambda: out.append(gate.next_request(requests(), ctx)))
     t.start()
-    _until(lambda: ctx in gate._waiting, "the read never began")
+    until(lambda: ctx in gate._waiting, "the read never began")
     now[0] = 1.0
     assert gate.cut_idle() == 1
     t.join(5)
@@ -257,14 +250,14 @@ def test_the_reaper_runs_only_while_a_stream_waits_and_ends_with_a_drain():
     gate = CommitGate(stream_idle_s=0.2)  # wakes every 50 ms
     a = WaitingContext()
     t, out = _blocked_read(gate, a, threading.Event())
-    _until(lambda: a.cancelled.is_set(), "the idle stream was never cut")
+    until(lambda: a.cancelled.is_set(), "the idle stream was never cut")
     t.join(5)
     assert out == ["cancelled"]
-    _until(lambda: gate._reaper is None, "the reaper stayed on with nothing waiting")
+    until(lambda: gate._reaper is None, "the reaper stayed on with nothing waiting")
     b, sent = WaitingContext(), threading.Event()
     t, out = _blocked_read(gate, b, sent)
-    _until(lambda: b in gate._waiting, "the second read never began")
-    _until(lambda: gate._reaper is not None and gate._reaper.is_alive(), "the new wait did not start the reaper")
+    until(lambda: b in gate._waiting, "the second read never began")
+    until(lambda: gate._reaper is not None and gate._reaper.is_alive(), "the new wait did not start the reaper")
     reaper = gate._reaper
     gate.stream_idle_s = 0  # no more cuts: the drain ends the rest
     gate.drain()

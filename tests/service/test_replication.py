@@ -227,7 +227,7 @@ def test_a_rebuild_leaves_rows_written_after_its_listing_to_the_catch_up(pair, m
     matches_oracle(b, "c", {"x": vectors(2, 0)[0], "y": vectors(2, 0)[1], "z": vectors(1, 1)[0]}, vectors(3, 5), k=3)
 
 
-def test_a_replica_behind_the_pruned_removals_catches_up_against_the_live_rows(tmp_path, pg_url, monkeypatch):
+def test_a_replica_behind_the_pruned_removals_catches_up_against_the_live_rows(tmp_path, pg_url):
     """b stops following while a replaces and deletes rows and prunes the whole removed-items log; b's next
     catch-up cannot read those removals, compares its index with the live rows, and searches like the oracle (no
     deleted or replaced id)."""

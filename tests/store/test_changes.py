@@ -156,6 +156,11 @@ def test_the_snapshot_pass_prunes_all_but_the_newest_writes_removals_and_a_catch
     s.snapshots.snapshot()
     rows_left = log_rows(s, cid)
     assert rows_left[0] == (-1, 5) and all(seq > 5 for iid, seq in rows_left[1:]) and len(rows_left) == 1 + 5 + 5
+    asked, prune = [], s.store.prune_removals
+    monkeypatch.setattr(s.store, "prune_removals", lambda *a: asked.append(a) or prune(*a))
+    s.snapshots.snapshot()  # finds nothing left below 5 ...
+    s.snapshots.snapshot()  # ... so, with no write since, this pass does not ask the database again
+    assert asked == [(cid, 5)] and log_rows(s, cid) == rows_left
 
     col.ann, col.seq = behind, 1                                     # rewind this server's index to seq 1
     monkeypatch.setattr(collection_mod, "CATCH_UP_FLOATS", 5 * DIM)  # a step per write of rows (and the delete after)
